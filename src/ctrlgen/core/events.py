@@ -1,0 +1,24 @@
+"""Job events: what observers (``ctrlgen_job_event``), the CLI and the server see."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EventKind = Literal["queued", "started", "progress", "preview", "finished", "error", "cancelled"]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One thing that happened to a job. ``data`` depends on ``kind``:
+
+    - ``progress``: ``step``, ``total``
+    - ``finished``: ``outputs`` (list of paths or result ids)
+    - ``error``: ``code``, ``message``
+    """
+
+    job_id: str
+    kind: EventKind
+    data: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)

@@ -1,0 +1,112 @@
+"""Every hook a ctrlgen plugin can implement.
+
+Hooks that contribute things *yield* frozen spec objects (``PreprocessorSpec``,
+``AdapterSpec``, ...); they never call a registration function. Names are normalised
+and must be unique per kind across all loaded plugins.
+
+New hooks are added here, never by changing an existing signature: pluggy passes each
+implementation only the arguments it names, so older plugins keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .events import JobEvent
+    from .plugins import AppContext
+    from .specs import AdapterSpec, HostBridgeSpec, ModelSourceSpec, PreprocessorSpec
+
+hookspec = pluggy.HookspecMarker("ctrlgen")
+
+
+@hookspec
+def ctrlgen_preprocessors() -> Iterable[PreprocessorSpec]:
+    """Yield the preprocessors (image -> control map) this plugin provides.
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_preprocessors():
+            yield PreprocessorSpec(
+                name="posterize",
+                run=run_posterize,
+                params=(Param("levels", "int", default=4, min=2, max=16),),
+                description="Reduce each channel to a few levels",
+            )
+    """
+
+
+@hookspec
+def ctrlgen_adapters() -> Iterable[AdapterSpec]:
+    """Yield the adapters (ControlNet, IP-Adapter, ...) this plugin provides.
+
+    ``attach(context, params)`` returns a context manager that changes the job's
+    pipeline on enter and restores it on exit.
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_adapters():
+            yield AdapterSpec(name="my_adapter", attach=attach_my_adapter,
+                              params=(Param("weight", "float", default=1.0, min=0, max=2),))
+    """
+
+
+@hookspec
+def ctrlgen_host_bridges() -> Iterable[HostBridgeSpec]:
+    """Yield installers for host-application plugins (``ctrlgen install NAME``).
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_host_bridges():
+            yield HostBridgeSpec(name="myeditor", install=install_fn, uninstall=uninstall_fn)
+    """
+
+
+@hookspec
+def ctrlgen_model_sources() -> Iterable[ModelSourceSpec]:
+    """Yield places where model weights are found, as :class:`ModelRoot` folders.
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_model_sources():
+            yield ModelSourceSpec(
+                name="invokeai",
+                roots=lambda: [ModelRoot(Path.home() / "invokeai" / "models", layout="flat")],
+            )
+    """
+
+
+@hookspec
+def ctrlgen_job_event(event: JobEvent) -> None:
+    """Observe a job's events (queued, started, progress, finished, error, cancelled).
+
+    Called in the worker for every event; must return quickly and must not raise
+    (an exception is logged and the observer is skipped, the job goes on).
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_job_event(event):
+            if event.kind == "finished":
+                print("done:", event.job_id)
+    """
+
+
+@hookspec(historic=True)
+def ctrlgen_startup(context: AppContext) -> None:
+    """Called once when ctrlgen starts a command or the server (historic: plugins
+    registered later are called too). ``context`` gives the loaded registries.
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_startup(context):
+            print(len(context.preprocessors), "preprocessors loaded")
+    """

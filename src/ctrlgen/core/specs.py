@@ -1,0 +1,293 @@
+"""Typed, frozen descriptions that plugins yield from their hooks.
+
+A plugin never calls a "register" function: its hook returns or yields these specs,
+and ctrlgen builds one :class:`~ctrlgen.core.registry.Registry` per kind from them.
+Parameters are declared as data (:class:`Param`) so hosts can build widgets from them
+and the server can validate a request before anything touches a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ParamError
+
+ParamType = Literal["int", "float", "bool", "str", "choice"]
+_PARAM_TYPES = ("int", "float", "bool", "str", "choice")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_+.]*$")
+
+
+def normalize_name(name: str) -> str:
+    """Registry key for a human-written name: ``"Depth Anything-V2"`` -> ``"depth_anything_v2"``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a plugin-provided name must be a non-empty string, got {name!r}")
+    key = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    if not _NAME_RE.match(key):
+        raise ValueError(
+            f"name {name!r} normalises to {key!r}, which has characters other than "
+            "letters, digits, '_', '+' and '.'; rename it"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-settable parameter, described as data.
+
+    ``type`` is one of ``int``, ``float``, ``bool``, ``str``, ``choice``; ``choice``
+    requires ``choices``. ``min``/``max`` bound numbers; ``step`` is a UI hint.
+    """
+
+    name: str
+    type: ParamType
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in _PARAM_TYPES:
+            raise ValueError(f"Param {self.name!r}: type {self.type!r} is not one of {_PARAM_TYPES}")
+        if self.type == "choice" and not self.choices:
+            raise ValueError(f"Param {self.name!r}: a 'choice' param needs choices")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if self.default is not None:
+            # The default must itself be valid: catches typos in plugin declarations early.
+            self.validate(self.default)
+
+    def validate(self, value: Any, owner: str = "") -> Any:
+        """Return ``value`` converted to this param's type, or raise :class:`ParamError`.
+
+        Strings are accepted for numbers and booleans (they arrive that way from the CLI
+        and query strings). ``owner`` prefixes the name in messages, e.g. ``canny``.
+        """
+        label = f"{owner}.{self.name}" if owner else self.name
+        if value is None:
+            raise ParamError(f"{label} is missing; give a value ({self._describe_range()})")
+        if self.type == "bool":
+            return _to_bool(value, label)
+        if self.type in ("int", "float"):
+            number = _to_number(value, self.type, label)
+            if self.min is not None and number < self.min:
+                raise ParamError(f"{label}={value!r} is below its minimum {_fmt(self.min)}")
+            if self.max is not None and number > self.max:
+                raise ParamError(f"{label}={value!r} is above its maximum {_fmt(self.max)}")
+            return number
+        if self.type == "choice":
+            for choice in self.choices:
+                if value == choice or (isinstance(value, str) and str(choice) == value):
+                    return choice
+            options = ", ".join(repr(c) for c in self.choices)
+            raise ParamError(f"{label}={value!r} is not one of the choices: {options}")
+        if not isinstance(value, str):
+            raise ParamError(f"{label}={value!r} must be a string")
+        return value
+
+    def _describe_range(self) -> str:
+        if self.type == "choice":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.type in ("int", "float"):
+            low = "-inf" if self.min is None else _fmt(self.min)
+            high = "inf" if self.max is None else _fmt(self.max)
+            return f"{self.type} in [{low}, {high}]"
+        return self.type
+
+    def to_json(self) -> dict[str, Any]:
+        """The schema a host builds a widget from (JSON-serialisable)."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "default": self.default,
+            "min": self.min,
+            "max": self.max,
+            "step": self.step,
+            "choices": list(self.choices),
+            "description": self.description,
+        }
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _to_bool(value: Any, label: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ParamError(f"{label}={value!r} is not a boolean; use true or false")
+
+
+def _to_number(value: Any, kind: str, label: str) -> int | float:
+    if isinstance(value, bool):
+        raise ParamError(f"{label}={value!r} is a boolean; a {kind} is expected")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise ParamError(f"{label}={text!r} is not a valid {kind}") from None
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ParamError(f"{label}={value!r} must be a whole number")
+        return value
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParamError(f"{label}={value!r} must be a finite number")
+    return float(value)
+
+
+def validate_params(
+    params: Iterable[Param], values: Mapping[str, Any], owner: str
+) -> dict[str, Any]:
+    """Validate ``values`` against ``params``: fill defaults, reject unknown names."""
+    declared = {p.name: p for p in params}
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        known = ", ".join(sorted(declared)) or "none"
+        raise ParamError(f"{owner} has no parameter {', '.join(map(repr, unknown))}; its parameters are: {known}")
+    result: dict[str, Any] = {}
+    for name, param in declared.items():
+        result[name] = param.validate(values.get(name, param.default), owner)
+    return result
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A weight file a preprocessor or adapter needs, found through the model store.
+
+    ``filename`` is the conventional name (e.g. ``ControlNetHED.pth`` from
+    lllyasviel/Annotators); ``folders`` are the model-store categories searched;
+    ``source`` tells the user where to get it (a hub repo id or URL).
+    """
+
+    filename: str
+    folders: tuple[str, ...] = ("annotators",)
+    source: str = ""
+    alternatives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """A control map (``uint8`` H×W×3 at the input's size) plus optional structured data."""
+
+    image: Any
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreprocessorSpec:
+    """A preprocessor: image (+ optional mask) and params in, control map out.
+
+    ``run(image, mask=None, **params)`` receives an RGB ``uint8`` H×W×3 array and
+    validated params and returns a :class:`PreprocessResult` or a bare array.
+    ``unload()`` frees cached weights. ``weights`` lists files it needs from the store;
+    ``requires`` lists importable modules it needs (checked before running).
+    """
+
+    name: str
+    run: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    description: str = ""
+    family: str = ""
+    weights: tuple[WeightFile, ...] = ()
+    requires: tuple[str, ...] = ()
+    unload: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+        object.__setattr__(self, "params", tuple(self.params))
+        _check_param_names(self.name, self.params)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """An adapter: changes a diffusers pipeline for one job and restores it afterwards.
+
+    ``attach(context, params)`` returns a context manager. On enter it modifies
+    ``context.pipeline`` / ``context.call_kwargs``; on exit (success, error or cancel)
+    it restores everything it changed so the cached pipeline is clean for the next job.
+    """
+
+    name: str
+    attach: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    description: str = ""
+    architectures: tuple[str, ...] = ("sd15", "sdxl")
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+        object.__setattr__(self, "params", tuple(self.params))
+        _check_param_names(self.name, self.params)
+
+
+@dataclass(frozen=True)
+class HostBridgeSpec:
+    """An installer for a host application's plugin (Krita, GIMP, ...).
+
+    ``install(target_dir: Path | None) -> Path`` copies the host plugin and returns where
+    it went; ``uninstall(target_dir)`` removes it.
+    """
+
+    name: str
+    install: Callable[..., Path]
+    uninstall: Callable[..., Any]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+
+
+@dataclass(frozen=True)
+class ModelRoot:
+    """A folder to scan for models and the layout its sub-folders follow.
+
+    ``layout`` is ``"auto"`` (detect A1111/ComfyUI/flat), ``"a1111"``, ``"comfyui"``,
+    ``"hf-cache"`` or ``"flat"`` (files directly in the folder).
+    """
+
+    path: Path
+    layout: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelSourceSpec:
+    """Where weights are found: ``roots()`` returns the :class:`ModelRoot` folders to scan."""
+
+    name: str
+    roots: Callable[[], Iterable[ModelRoot]]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+
+
+def _check_param_names(owner: str, params: tuple[Param, ...]) -> None:
+    seen: set[str] = set()
+    for param in params:
+        if not isinstance(param, Param):
+            raise TypeError(f"{owner}: params must be Param instances, got {param!r}")
+        if param.name in seen:
+            raise ValueError(f"{owner}: parameter {param.name!r} is declared twice")
+        seen.add(param.name)
+
+
+SPEC_TYPES: dict[str, type] = {
+    "preprocessors": PreprocessorSpec,
+    "adapters": AdapterSpec,
+    "host_bridges": HostBridgeSpec,
+    "model_sources": ModelSourceSpec,
+}
