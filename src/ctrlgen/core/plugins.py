@@ -207,7 +207,7 @@ class PluginHost:
         spec_type = SPEC_TYPES[kind]
         registry: Registry = Registry(kind)
         caller = getattr(self.pm.hook, f"ctrlgen_{kind}")
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             info = self.infos.get(impl.plugin_name) or PluginInfo(
                 impl.plugin_name, "unknown", "unknown", builtin=False
             )

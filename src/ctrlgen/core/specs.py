@@ -76,9 +76,9 @@ class Param:
         if self.type in ("int", "float"):
             number = _to_number(value, self.type, label)
             if self.min is not None and number < self.min:
-                raise ParamError(f"{label}={value!r} is below its minimum {_fmt(self.min)}")
+                raise ParamError(f"{label}={number!r} is below its minimum {_fmt(self.min)}")
             if self.max is not None and number > self.max:
-                raise ParamError(f"{label}={value!r} is above its maximum {_fmt(self.max)}")
+                raise ParamError(f"{label}={number!r} is above its maximum {_fmt(self.max)}")
             return number
         if self.type == "choice":
             for choice in self.choices:

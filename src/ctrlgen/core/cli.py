@@ -1,0 +1,227 @@
+"""The ``ctrlgen`` command line.
+
+Sub-commands import what they need when they run, so ``ctrlgen --help`` and
+``ctrlgen plugins`` start fast and never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import CtrlgenError
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+# -- plugins -------------------------------------------------------------------------
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_host
+
+    host = get_host()
+    conflicts = host.registry_errors()
+    infos = [info for info in host.infos.values() if args.all or not info.builtin or info.errors]
+    if args.json:
+        _print_json({"plugins": [i.to_json() for i in infos], "conflicts": conflicts})
+        return 1 if conflicts else 0
+    if not infos:
+        print("No third-party plugins installed (use --all to list the built-in ones).")
+    for info in infos:
+        status = "blocked" if info.blocked else ("FAILED" if not info.loaded else "loaded")
+        origin = "built-in" if info.builtin else info.module
+        print(f"{info.name}  [{info.distribution} {info.version}, {origin}, {status}]")
+        if info.hooks:
+            print(f"    hooks: {', '.join(info.hooks)}")
+        for kind, names in sorted(info.provides.items()):
+            print(f"    {kind}: {', '.join(sorted(names))}")
+        for error in info.errors:
+            print(f"    error: {error}")
+    for kind, message in conflicts.items():
+        print(f"\nconflict in {kind}: {message}")
+    return 1 if conflicts else 0
+
+
+# -- models ----------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import ModelStore
+
+    store = ModelStore.from_settings()
+    entries = store.scan(refresh=True)
+    if args.category:
+        entries = [e for e in entries if e.category == args.category]
+    if args.json:
+        _print_json({"roots": [str(r.path) for r in store.roots], "models": [e.to_json() for e in entries]})
+        return 0
+    if not store.roots:
+        print(
+            "No model folders configured. Point ctrlgen at your A1111 / ComfyUI install with\n"
+            "  CTRLGEN_MODEL_ROOTS=/path/to/stable-diffusion-webui:/path/to/ComfyUI\n"
+            "or `model_roots = [...]` in the config.toml of `ctrlgen config-dir`."
+        )
+        return 0
+    print("Model folders: " + ", ".join(str(r.path) for r in store.roots))
+    if not entries:
+        print("No models found.")
+    for entry in entries:
+        ident = entry.identity
+        variant = f"/{ident.variant}" if ident.variant else ""
+        size = entry.size_bytes / 2**20
+        print(f"{entry.category:12} {entry.name:40} {ident.kind:12} {ident.architecture}{variant:10} {size:9.1f} MiB")
+    return 0
+
+
+# -- preprocess -----------------------------------------------------------------------
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CtrlgenError(f"--param {pair!r} must look like name=value")
+        key, value = pair.split("=", 1)
+        params[key.strip()] = value.strip()
+    return params
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .engine import read_image
+    from .preprocess import preprocess
+
+    image = read_image(args.input, "input image")
+    result = preprocess(args.name, image, **_parse_params(args.param or []))
+    Image.fromarray(result.image).save(args.output)
+    if args.json:
+        _print_json({"output": str(args.output), "width": image.shape[1], "height": image.shape[0],
+                     "data": result.data})
+    else:
+        print(f"wrote {args.output}")
+    return 0
+
+
+# -- generate -----------------------------------------------------------------------------
+def _progress_printer(quiet: bool):
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def on_event(event) -> None:
+        if quiet:
+            return
+        if event.kind == "progress":
+            bar = bars.get("bar")
+            if bar is None:
+                bar = bars["bar"] = tqdm(total=event.data["total"], unit="step", desc="generating")
+            bar.n = event.data["step"]
+            bar.refresh()
+        elif event.kind in ("finished", "error", "cancelled") and "bar" in bars:
+            bars.pop("bar").close()
+
+    return on_event
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .jobs import load_job
+
+    job = load_job(args.job)
+    engine = Engine(device=args.device)
+    result = engine.run(job, on_event=_progress_printer(args.quiet))
+    paths = result.save(Path(args.out), stem=Path(args.job).stem)
+    if args.json:
+        _print_json({"outputs": [str(p) for p in paths], "seeds": result.seeds})
+    else:
+        for path, seed in zip(paths, result.seeds):
+            print(f"wrote {path} (seed {seed})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), steps=args.steps, size=args.size, device=args.device)
+    return 0
+
+
+def cmd_config_dir(args: argparse.Namespace) -> int:
+    from .config import config_dir
+
+    print(config_dir())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ctrlgen import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ctrlgen",
+        description="Controllable generation (ControlNet, preprocessors, adapters) for image editors.",
+    )
+    parser.add_argument("--version", action="version", version=f"ctrlgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list plugins, their hooks and what they provide")
+    p.add_argument("--all", action="store_true", help="include the built-in plugins")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("models", help="list the models found in the model folders")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--category", help="only this category (checkpoints, controlnet, loras, ...)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("preprocess", help="run one preprocessor on an image")
+    p.add_argument("name", help="preprocessor name (see `ctrlgen plugins --all`)")
+    p.add_argument("input", help="input image")
+    p.add_argument("output", help="output PNG")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="preprocessor parameter")
+    p.add_argument("--json", action="store_true", help="print the result's data as JSON")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("generate", help="run a job file (JOB.json) and write PNGs")
+    p.add_argument("job", help="job file (see docs/jobs.md)")
+    p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print outputs as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="run the built-in demo (no GPU or downloads needed)")
+    p.add_argument("--out", default="ctrlgen-demo", help="output folder (default: ./ctrlgen-demo)")
+    p.add_argument("--steps", type=int, default=12, help="denoising steps (default 12)")
+    p.add_argument("--size", type=int, default=256, help="output size in pixels (default 256)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config-dir", help="print ctrlgen's configuration folder")
+    p.set_defaults(func=cmd_config_dir)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        from .plugins import startup
+
+        if args.command != "plugins":
+            startup()
+        return args.func(args)
+    except CtrlgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""The generation engine: validate a job, resolve models, preprocess, run, report.
+
+One :class:`Engine` caches loaded pipelines and ControlNets by file, so a second job on
+the same model only pays for the denoising. Each job runs on a job-local view of the
+cached pipeline (``from_pipe`` shares the modules, copies nothing), so the cached one is
+never mutated by a job's scheduler, ControlNets or adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CancelledError, CtrlgenError, ImageError, JobError
+from .events import JobEvent
+from .images import fit, pixel_perfect_resolution, to_rgb
+from .jobs import Job
+from .plugins import emit_event, get_registry
+from .specs import validate_params
+
+SUPPORTED_ARCHITECTURES = {
+    "sd15": ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline"),
+    "sd2": ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline"),
+    "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline"),
+}
+
+
+@dataclass
+class GenerationContext:
+    """What an adapter sees while attached: it may replace ``pipeline`` with a job-local
+    view and add to ``call_kwargs``; everything it changes it restores on exit."""
+
+    job: Job
+    engine: Engine
+    pipeline: Any
+    architecture: str
+    call_kwargs: dict[str, Any]
+    width: int
+    height: int
+
+
+@dataclass
+class PreparedUnit:
+    index: int
+    model_entry: Any
+    control_image: np.ndarray
+    params: dict[str, Any]
+    preprocessor: str
+    preprocessor_params: dict[str, Any]
+
+
+@dataclass
+class JobResult:
+    job: Job
+    job_id: str
+    images: list[Any]  # PIL images at the requested size
+    seeds: list[int]
+    control_maps: list[np.ndarray] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+
+    def save(self, folder: Path, stem: str = "ctrlgen") -> list[Path]:
+        """Write PNGs carrying the job's parameters (A1111 ``parameters`` + ``ctrlgen-job`` JSON)."""
+        from PIL.PngImagePlugin import PngInfo
+
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, (image, seed, infotext) in enumerate(zip(self.images, self.seeds, self.infotexts)):
+            info = PngInfo()
+            info.add_text("parameters", infotext)
+            job_json = self.job.model_dump(mode="json")
+            job_json["seed"] = seed
+            info.add_text("ctrlgen-job", json.dumps(job_json, sort_keys=True))
+            path = folder / f"{stem}-{self.job_id[:8]}-{index:02d}.png"
+            image.save(path, pnginfo=info)
+            paths.append(path)
+        return paths
+
+
+def round_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
+    """The nearest size the model can denoise (each side a multiple of 8, rounded up)."""
+    return (-(-width // multiple) * multiple, -(-height // multiple) * multiple)
+
+
+def infotext(job: Job, seed: int, model_name: str) -> str:
+    """The A1111-style parameters text other tools (and A1111's PNG info tab) read."""
+    fields = [
+        f"Steps: {job.steps}",
+        f"Sampler: {job.sampler}",
+        f"CFG scale: {job.cfg_scale:g}",
+        f"Seed: {seed}",
+        f"Size: {job.width}x{job.height}",
+        f"Model: {model_name}",
+    ]
+    for index, unit in enumerate(job.control):
+        extra = ", ".join(f"{k}: {v}" for k, v in sorted(unit.adapter_params().items()))
+        fields.append(
+            f'ControlNet {index}: "Module: {unit.preprocessor}, Model: {unit.model}'
+            + (f", {extra}" if extra else "")
+            + '"'
+        )
+    fields.append("Generator: ctrlgen")
+    text = job.prompt
+    if job.negative_prompt:
+        text += f"\nNegative prompt: {job.negative_prompt}"
+    return text + "\n" + ", ".join(fields)
+
+
+class Engine:
+    """Runs jobs. Thread-compatible: one job at a time per engine (the server's worker)."""
+
+    def __init__(self, store: Any = None, device: str | None = None, precision: str = "auto") -> None:
+        from .config import load_settings
+
+        settings = load_settings()
+        self.settings = settings
+        self._store = store
+        self._device_preference = device or settings.device
+        self._precision = precision
+        self._device = None
+        self._pipelines: dict[str, Any] = {}
+        self._controlnets: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- resources ------------------------------------------------------------
+    @property
+    def store(self):
+        if self._store is None:
+            from .models import ModelStore
+
+            self._store = ModelStore.from_settings(self.settings)
+        return self._store
+
+    @property
+    def device(self):
+        if self._device is None:
+            from .device import choose_device
+
+            self._device = choose_device(self._device_preference, self._precision)
+        return self._device
+
+    def load_pipeline(self, entry: Any) -> Any:
+        """The cached base pipeline for a store entry (loaded on first use)."""
+        key = str(Path(entry.path).resolve())
+        if key not in self._pipelines:
+            from . import single_file
+
+            architecture = entry.identity.architecture
+            pipeline_class = SUPPORTED_ARCHITECTURES[architecture][0]
+            dtype = self.device.dtype
+            if Path(entry.path).is_dir():
+                pipe = single_file.load_pipeline_from_folder(entry.path, pipeline_class, torch_dtype=dtype)
+            else:
+                pipe = single_file.load_pipeline_from_single_file(
+                    entry.path, architecture, pipeline_class, torch_dtype=dtype
+                )
+            pipe.to(self.device.device)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipelines[key] = pipe
+        return self._pipelines[key]
+
+    def load_controlnet(self, entry: Any, architecture: str) -> Any:
+        key = str(Path(entry.path).resolve())
+        if key not in self._controlnets:
+            from . import single_file
+
+            model = single_file.load_controlnet(entry.path, architecture, torch_dtype=self.device.dtype)
+            self._controlnets[key] = model.to(self.device.device)
+        return self._controlnets[key]
+
+    def unload(self) -> None:
+        """Free every cached model."""
+        self._pipelines.clear()
+        self._controlnets.clear()
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # -- validation -------------------------------------------------------------
+    def resolve_checkpoint(self, job: Job) -> Any:
+        entry = self.store.find(job.model, category=("checkpoints", "diffusers"))
+        architecture = entry.identity.architecture
+        if architecture not in SUPPORTED_ARCHITECTURES:
+            raise JobError(
+                f"model {job.model!r} ({entry.path}) is a {architecture} model; ctrlgen can run "
+                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))} models (other architectures come as plugins)"
+            )
+        if entry.identity.kind not in ("checkpoint", "pipeline"):
+            raise JobError(
+                f"model {job.model!r} ({entry.path}) is a {entry.identity.kind}, not a full checkpoint; "
+                "pick a checkpoint from `ctrlgen models`"
+            )
+        return entry
+
+    def prepare_units(self, job: Job, architecture: str) -> list[PreparedUnit]:
+        """Resolve ControlNet models, validate params and compute control maps (no model loads)."""
+        from .preprocess import preprocess
+
+        adapter = get_registry("adapters").get("controlnet")
+        units: list[PreparedUnit] = []
+        width, height = job.width, job.height
+        for index, unit in enumerate(job.control):
+            owner = f"control[{index}]"
+            params = validate_params(adapter.params, unit.adapter_params(), owner)
+            entry = self.store.find(unit.model, category=("controlnet",))
+            if entry.identity.kind != "controlnet":
+                raise JobError(f"{owner}.model {unit.model!r} ({entry.path}) is a {entry.identity.kind}, not a ControlNet")
+            if entry.identity.architecture not in (architecture, "unknown"):
+                raise JobError(
+                    f"{owner}.model {unit.model!r} is a {entry.identity.architecture} ControlNet but the "
+                    f"checkpoint is {architecture}; use a ControlNet made for {architecture}"
+                )
+            source = read_image(unit.image or job.image, f"{owner}.image")
+            pre_params = dict(unit.preprocessor_params)
+            if unit.preprocessor.lower() == "none":
+                control = to_rgb(source)
+            else:
+                spec = get_registry("preprocessors").get(unit.preprocessor)
+                if unit.pixel_perfect and any(p.name == "detect_resolution" for p in spec.params):
+                    pre_params["detect_resolution"] = pixel_perfect_resolution(
+                        (source.shape[1], source.shape[0]), (width, height), unit.resize_mode
+                    )
+                control = preprocess(unit.preprocessor, source, **pre_params).image
+            units.append(PreparedUnit(index, entry, control, params, unit.preprocessor, pre_params))
+        return units
+
+    # -- running ------------------------------------------------------------------
+    def run(
+        self,
+        job: Job,
+        *,
+        on_event: Callable[[JobEvent], None] | None = None,
+        cancel: threading.Event | None = None,
+        job_id: str | None = None,
+    ) -> JobResult:
+        """Run ``job`` to completion; raises :class:`CancelledError` if ``cancel`` is set."""
+        job_id = job_id or uuid.uuid4().hex
+
+        def emit(kind: str, **data: Any) -> None:
+            event = JobEvent(job_id, kind, data)  # type: ignore[arg-type]
+            if on_event is not None:
+                on_event(event)
+            emit_event(event)
+
+        try:
+            with self._lock:
+                result = self._run(job, job_id, emit, cancel)
+        except CancelledError:
+            emit("cancelled")
+            raise
+        except CtrlgenError as exc:
+            emit("error", code=type(exc).__name__, message=str(exc))
+            raise
+        except Exception as exc:  # a library failure: report it as a job error, keep the type
+            emit("error", code="internal_error", message=f"{type(exc).__name__}: {exc}")
+            raise
+        emit("finished", seeds=result.seeds)
+        return result
+
+    def _run(self, job: Job, job_id: str, emit, cancel) -> JobResult:
+        import torch
+
+        emit("started")
+        entry = self.resolve_checkpoint(job)
+        architecture = entry.identity.architecture
+        units = self.prepare_units(job, architecture)
+        base = self.load_pipeline(entry)
+        from .samplers import make_scheduler
+
+        width, height = round_size(job.width, job.height)
+        seed = job.seed if job.seed >= 0 else secrets.randbelow(2**32)
+        seeds = [(seed + i) % 2**32 for i in range(job.batch_size)]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+
+        pipeline = type(base).from_pipe(base, scheduler=make_scheduler(job.sampler, base.scheduler.config))
+        pipeline.set_progress_bar_config(disable=True)
+        call_kwargs: dict[str, Any] = dict(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt or None,
+            num_inference_steps=job.steps,
+            guidance_scale=job.cfg_scale,
+            width=width,
+            height=height,
+            num_images_per_prompt=1,
+            generator=generators,
+            output_type="np",
+        )
+        if job.batch_size > 1:
+            call_kwargs["prompt"] = [job.prompt] * job.batch_size
+            call_kwargs["negative_prompt"] = [job.negative_prompt] * job.batch_size if job.negative_prompt else None
+        context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height)
+        total = job.steps
+
+        def on_step_end(pipe, step, timestep, tensors):
+            emit("progress", step=step + 1, total=total)
+            if cancel is not None and cancel.is_set():
+                pipe._interrupt = True
+            return tensors
+
+        with contextlib.ExitStack() as stack:
+            if units:
+                adapter = get_registry("adapters").get("controlnet")
+                stack.enter_context(adapter.attach(context, units))
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"job {job_id} was cancelled before it started")
+            output = context.pipeline(**context.call_kwargs, callback_on_step_end=on_step_end)
+        if cancel is not None and cancel.is_set():
+            raise CancelledError(f"job {job_id} was cancelled")
+        images = [_to_pil(array, job.width, job.height) for array in output.images]
+        model_name = Path(entry.path).stem
+        return JobResult(
+            job=job,
+            job_id=job_id,
+            images=images,
+            seeds=seeds,
+            control_maps=[unit.control_image for unit in units],
+            infotexts=[infotext(job, s, model_name) for s in seeds],
+        )
+
+
+def _to_pil(array: np.ndarray, width: int, height: int):
+    from PIL import Image
+
+    image = Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8))
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def read_image(path: str | None, what: str) -> np.ndarray:
+    if path is None:
+        raise JobError(f"{what} is missing; give an image path")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image, what)
+    except FileNotFoundError:
+        raise JobError(f"{what}: file {path} does not exist") from None
+    except UnidentifiedImageError:
+        raise JobError(f"{what}: {path} is not an image PIL can read (PNG, JPEG, WebP, TIFF, ...)") from None
+    except ImageError as exc:
+        raise JobError(f"{what}: {exc}") from None
+
+
+def fit_control(units: list[PreparedUnit], width: int, height: int, resize_modes: list[str]):
+    """Control maps as PIL images at the generation size, per unit resize mode."""
+    from PIL import Image
+
+    return [Image.fromarray(fit(u.control_image, width, height, mode)) for u, mode in zip(units, resize_modes)]

@@ -1,0 +1,130 @@
+"""The job request: one typed, validated description of what to generate.
+
+Jobs are pydantic models so the CLI (JOB.json), the server and Python callers share one
+schema and one set of error messages. Validation happens before any model loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import JobError
+from .images import RESIZE_MODES
+
+Task = Literal["txt2img"]
+
+
+class ControlUnit(BaseModel):
+    """One ControlNet unit. Fields beyond those declared here are the ControlNet adapter's
+    params (``weight``, ``guidance_start``, ``guidance_end``, ...) and are validated against
+    its Param schema (``ctrlgen plugins --json`` lists them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="ControlNet model: name in the model store, or a path")
+    preprocessor: str = Field(
+        default="none", description="Preprocessor name, or 'none' when the image is already a control map"
+    )
+    preprocessor_params: dict[str, Any] = Field(default_factory=dict)
+    image: str | None = Field(default=None, description="Control image path (default: the job's image)")
+    resize_mode: str = Field(default="crop_and_resize", description=" / ".join(RESIZE_MODES))
+    pixel_perfect: bool = Field(
+        default=False, description="Run the preprocessor at the resolution that matches the output size"
+    )
+
+    @field_validator("resize_mode")
+    @classmethod
+    def _resize_mode(cls, value: str) -> str:
+        if value not in RESIZE_MODES:
+            raise ValueError(f"must be one of {', '.join(RESIZE_MODES)}")
+        return value
+
+    def adapter_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Job(BaseModel):
+    """A generation request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task = "txt2img"
+    model: str = Field(description="Checkpoint: name in the model store, HF repo id, or a path")
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = Field(default=-1, ge=-1, le=2**32 - 1, description="-1 picks a random seed (recorded)")
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
+    sampler: str = "Euler a"
+    width: int = Field(default=512, ge=64, le=4096)
+    height: int = Field(default=512, ge=64, le=4096)
+    batch_size: int = Field(default=1, ge=1, le=16)
+    image: str | None = Field(default=None, description="Input image path (the control source)")
+    control: list[ControlUnit] = Field(default_factory=list)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        from .samplers import resolve_sampler_name
+
+        return resolve_sampler_name(value)
+
+    @model_validator(mode="after")
+    def _control_needs_image(self) -> Job:
+        for index, unit in enumerate(self.control):
+            if unit.image is None and self.image is None:
+                raise ValueError(
+                    f"control[{index}] has no image and the job has none; set job.image or control[{index}].image"
+                )
+        return self
+
+    def resolve_paths(self, base: Path) -> Job:
+        """Make relative image paths relative to ``base`` (the job file's folder)."""
+        def fix(path: str | None) -> str | None:
+            if path is None or Path(path).is_absolute():
+                return path
+            return str((base / path).resolve())
+
+        data = self.model_dump()
+        data["image"] = fix(self.image)
+        for unit in data["control"]:
+            unit["image"] = fix(unit.get("image"))
+        return Job.model_validate(data)
+
+
+def format_validation_error(error: ValidationError, what: str = "job") -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(root)"
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+        lines.append(f"{what}.{location}: {message}{shown}")
+    return "invalid " + what + ":\n  " + "\n  ".join(lines)
+
+
+def parse_job(data: Any) -> Job:
+    """Validate a JSON-like object as a :class:`Job`, raising :class:`JobError` with readable text."""
+    if not isinstance(data, dict):
+        raise JobError(f"a job must be a JSON object, got {type(data).__name__}")
+    try:
+        return Job.model_validate(data)
+    except ValidationError as exc:
+        raise JobError(format_validation_error(exc)) from None
+
+
+def load_job(path: Path) -> Job:
+    import json
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise JobError(f"cannot read job file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return parse_job(data).resolve_paths(Path(path).resolve().parent)

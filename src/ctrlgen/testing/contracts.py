@@ -1,0 +1,133 @@
+"""Contract tests any preprocessor or adapter plugin can run against itself.
+
+Use them by subclassing in your plugin's tests (pytest collects the ``test_*`` methods)::
+
+    from ctrlgen.testing.contracts import PreprocessorContract
+
+    class TestPosterize(PreprocessorContract):
+        preprocessor = "posterize"
+        params = {"levels": 3}          # params used by the contract runs
+
+The contract is the one ctrlgen promises hosts: output ``uint8`` H×W×3 at the input's
+size for RGB, RGBA, grey and 16-bit input, the same output twice for the same input,
+and a clear :class:`~ctrlgen.core.errors.ParamError` for every bad parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from ctrlgen.core.errors import ImageError, ParamError
+
+
+def contract_image(width: int = 97, height: int = 75, seed: int = 0) -> np.ndarray:
+    """A synthetic RGB test card (odd size on purpose): shapes with hard edges, a gradient, noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = (xx * 255 // max(1, width - 1)).astype(np.uint8)
+    image[..., 1] = (yy * 255 // max(1, height - 1)).astype(np.uint8)
+    image[..., 2] = 60
+    image[height // 5 : height // 2, width // 6 : width // 2] = (250, 250, 250)
+    circle = (xx - width * 0.7) ** 2 + (yy - height * 0.6) ** 2 < (min(width, height) * 0.2) ** 2
+    image[circle] = (20, 20, 200)
+    image[height - 8 : height - 5, :] = (0, 0, 0)
+    image = np.clip(image.astype(np.int16) + rng.integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+    return image
+
+
+class PreprocessorContract:
+    """Mixin: set ``preprocessor`` (its registered name) and optionally ``params``.
+
+    Override :meth:`contract_input` to feed a more meaningful image (e.g. a face for a
+    face detector), and ``deterministic = False`` for a stochastic preprocessor
+    (e.g. shuffle without a seed param).
+    """
+
+    preprocessor: ClassVar[str] = ""
+    params: ClassVar[dict[str, Any]] = {}
+    deterministic: ClassVar[bool] = True
+
+    def contract_input(self) -> np.ndarray:
+        return contract_image()
+
+    def run_preprocessor(self, image: Any, **overrides: Any):
+        from ctrlgen.core.preprocess import preprocess
+
+        return preprocess(self.preprocessor, image, **{**self.params, **overrides})
+
+    def spec(self):
+        from ctrlgen.core.plugins import get_registry
+
+        return get_registry("preprocessors").get(self.preprocessor)
+
+    def test_contract_spec_is_well_formed(self):
+        spec = self.spec()
+        assert spec.description, f"{spec.name}: give the spec a description (hosts show it)"
+        for param in spec.params:
+            assert param.description, f"{spec.name}.{param.name}: describe the parameter"
+            param.validate(param.default, spec.name)  # every default is valid
+
+    def test_contract_output_is_uint8_rgb_at_input_size(self):
+        image = self.contract_input()
+        result = self.run_preprocessor(image)
+        assert result.image.dtype == np.uint8
+        assert result.image.shape == (image.shape[0], image.shape[1], 3)
+
+    @pytest.mark.parametrize("layout", ["grey", "rgba", "uint16", "float"])
+    def test_contract_accepts_other_input_layouts(self, layout):
+        image = self.contract_input()
+        height, width = image.shape[:2]
+        if layout == "grey":
+            variant = image.mean(axis=2).astype(np.uint8)
+        elif layout == "rgba":
+            variant = np.dstack([image, np.full((height, width), 255, np.uint8)])
+        elif layout == "uint16":
+            variant = image.astype(np.uint16) * 257
+        else:
+            variant = image.astype(np.float32) / 255.0
+        result = self.run_preprocessor(variant)
+        assert result.image.shape == (height, width, 3) and result.image.dtype == np.uint8
+        if layout in ("rgba", "uint16", "float") and self.deterministic:
+            # Opaque RGBA, exact 16-bit and float copies carry the same picture as the RGB input.
+            assert np.array_equal(result.image, self.run_preprocessor(image).image)
+
+    def test_contract_deterministic(self):
+        if not self.deterministic:
+            pytest.skip("declared non-deterministic")
+        image = self.contract_input()
+        first = self.run_preprocessor(image)
+        second = self.run_preprocessor(image.copy())
+        assert np.array_equal(first.image, second.image)
+
+    def test_contract_rejects_unknown_param(self):
+        with pytest.raises(ParamError, match="no parameter 'no_such_param'"):
+            self.run_preprocessor(self.contract_input(), no_such_param=1)
+
+    def test_contract_rejects_out_of_range_params(self):
+        spec = self.spec()
+        image = self.contract_input()
+        for param in spec.params:
+            bad_values = []
+            if param.type in ("int", "float"):
+                if param.min is not None:
+                    bad_values.append(param.min - 1)
+                if param.max is not None:
+                    bad_values.append(param.max + 1)
+                bad_values.append("not-a-number")
+            elif param.type == "choice":
+                bad_values.append("__not_a_choice__")
+            elif param.type == "bool":
+                bad_values.append("maybe")
+            for value in bad_values:
+                with pytest.raises(ParamError) as info:
+                    self.run_preprocessor(image, **{param.name: value})
+                assert param.name in str(info.value), f"error for {param.name} must name it: {info.value}"
+
+    @pytest.mark.parametrize("shape", [(0, 10, 3), (10, 0), (3, 3, 7)])
+    def test_contract_rejects_unusable_images(self, shape):
+        with pytest.raises(ImageError):
+            self.run_preprocessor(np.zeros(shape, np.uint8))

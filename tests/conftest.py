@@ -1,0 +1,47 @@
+"""Shared test helpers: installable fake distributions for plugin discovery tests."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ctrlgen.core import plugins
+
+
+@pytest.fixture
+def fresh_plugins():
+    """Forget loaded plugins before and after the test (env vars are re-read)."""
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def make_distribution(tmp_path, monkeypatch, fresh_plugins):
+    """Install a real distribution (dist-info + module) on ``sys.path`` with ``ctrlgen`` entry points.
+
+    ``make_distribution("ctrlgen-foo", "1.2.3", {"foo": "ctrlgen_foo"}, {"ctrlgen_foo": SOURCE})``
+    """
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    created: list[str] = []
+
+    def make(dist_name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
+        for module, source in modules.items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+            created.append(module)
+        info = site / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+        lines = "\n".join(f"{name} = {target}" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[ctrlgen]\n{lines}\n")
+        plugins.reset()
+        return site
+
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)
