@@ -11,6 +11,22 @@ import pytest
 from ctrlgen.core import plugins
 
 
+def pytest_configure(config):
+    """Keep the suite away from the user's own config, caches and any network."""
+    import os
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="ctrlgen-tests-"))
+    os.environ["CTRLGEN_CONFIG_DIR"] = str(scratch / "config")
+    os.environ.setdefault("CTRLGEN_CACHE_DIR", str(scratch / "cache"))
+    os.environ["HF_HUB_CACHE"] = str(scratch / "hf-cache")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    for name in ("CTRLGEN_MODEL_ROOTS", "CTRLGEN_DISABLE_PLUGINS", "CTRLGEN_LOAD_PLUGINS",
+                 "CTRLGEN_STRICT_PLUGINS", "CTRLGEN_ALLOW_PICKLE", "CTRLGEN_DEVICE"):
+        os.environ.pop(name, None)
+
+
 @pytest.fixture
 def fresh_plugins():
     """Forget loaded plugins before and after the test (env vars are re-read)."""

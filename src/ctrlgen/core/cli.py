@@ -144,7 +144,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps, size=args.size, device=args.device)
+    run_demo(Path(args.out), steps=args.steps, size=args.size, device=args.device,
+             model=args.model, controlnet=args.controlnet, seed=args.seed)
     return 0
 
 
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=12, help="denoising steps (default 12)")
     p.add_argument("--size", type=int, default=256, help="output size in pixels (default 256)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=1234, help="seed (default 1234)")
+    p.add_argument("--model", help="a real checkpoint from `ctrlgen models` instead of the tiny one")
+    p.add_argument("--controlnet", help="a canny ControlNet from `ctrlgen models` (with --model)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("config-dir", help="print ctrlgen's configuration folder")

@@ -147,6 +147,10 @@ class Engine:
             self._device = choose_device(self._device_preference, self._precision)
         return self._device
 
+    def _load_dtype(self):
+        # fp32 is what the files load as; naming it makes diffusers warn about every model.
+        return None if self.device.dtype_name == "float32" else self.device.dtype
+
     def load_pipeline(self, entry: Any) -> Any:
         """The cached base pipeline for a store entry (loaded on first use)."""
         key = str(Path(entry.path).resolve())
@@ -155,7 +159,7 @@ class Engine:
 
             architecture = entry.identity.architecture
             pipeline_class = SUPPORTED_ARCHITECTURES[architecture][0]
-            dtype = self.device.dtype
+            dtype = self._load_dtype()
             if Path(entry.path).is_dir():
                 pipe = single_file.load_pipeline_from_folder(entry.path, pipeline_class, torch_dtype=dtype)
             else:
@@ -172,7 +176,7 @@ class Engine:
         if key not in self._controlnets:
             from . import single_file
 
-            model = single_file.load_controlnet(entry.path, architecture, torch_dtype=self.device.dtype)
+            model = single_file.load_controlnet(entry.path, architecture, torch_dtype=self._load_dtype())
             self._controlnets[key] = model.to(self.device.device)
         return self._controlnets[key]
 

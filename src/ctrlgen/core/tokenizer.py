@@ -106,7 +106,9 @@ def clip_vocabulary() -> tuple[dict[str, int], tuple[str, ...]]:
     try:
         lines = gzip.open(path).read().decode("utf-8").split("\n")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not a readable gzip BPE file ({exc}); reinstall open-clip-torch") from None
+        raise ModelFormatError(
+            f"{path} is not a readable gzip BPE file ({exc}); reinstall open-clip-torch"
+        ) from None
     merges = tuple(line for line in lines[1 : _NUM_MERGES + 1])
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]

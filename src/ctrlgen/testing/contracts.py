@@ -131,3 +131,111 @@ class PreprocessorContract:
     def test_contract_rejects_unusable_images(self, shape):
         with pytest.raises(ImageError):
             self.run_preprocessor(np.zeros(shape, np.uint8))
+
+
+def pipeline_fingerprint(pipeline: Any) -> dict[str, Any]:
+    """Everything an adapter could leave changed on a pipeline, in comparable form.
+
+    Component identities and types, every attention processor, forward (pre-)hooks,
+    parameter/buffer storage and values, the scheduler's class and config, and the
+    pipeline's own config. Two fingerprints compare equal only if nothing was left behind.
+    """
+    import torch
+
+    result: dict[str, Any] = {"pipeline_class": type(pipeline).__name__,
+                              "config": dict(pipeline.config)}
+    for name, component in sorted(pipeline.components.items()):
+        if component is None:
+            result[name] = None
+            continue
+        entry: dict[str, Any] = {"type": type(component).__name__, "id": id(component)}
+        if isinstance(component, torch.nn.Module):
+            if hasattr(component, "attn_processors"):
+                entry["attn_processors"] = {k: (type(v).__name__, id(v))
+                                            for k, v in component.attn_processors.items()}
+            entry["hooks"] = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in component.modules())
+            entry["training"] = component.training
+            with torch.no_grad():
+                entry["tensors"] = {k: (v.data_ptr(), tuple(v.shape), str(v.dtype), float(v.double().sum()))
+                                    for k, v in component.state_dict().items()}
+        elif name == "scheduler":
+            entry["config"] = dict(component.config)
+        result[name] = entry
+    return result
+
+
+class AdapterContract:
+    """Mixin for adapters: jobs using the adapter leave the cached pipeline exactly as it was.
+
+    Set ``adapter`` and implement :meth:`adapter_job` returning a job dict (model names
+    from the ``tiny_model_root`` fixture: ``tiny-sd15``, ``tiny-controlnet-sd15``, ...)
+    that uses the adapter; ``image`` is a path to a 64×64 test photo.
+    """
+
+    adapter: ClassVar[str] = ""
+
+    def adapter_job(self, image: str) -> dict[str, Any]:
+        raise NotImplementedError("return a job dict that uses the adapter")
+
+    def plain_job(self, image: str) -> dict[str, Any]:
+        job = dict(self.adapter_job(image))
+        for key in ("control", "adapters"):
+            job.pop(key, None)
+        return job
+
+    @pytest.fixture
+    def contract_setup(self, tiny_model_root, tmp_path, torch_single_thread):
+        from PIL import Image
+
+        from ctrlgen.core.engine import Engine
+        from ctrlgen.core.models import ModelStore
+        from ctrlgen.core.specs import ModelRoot
+
+        image = tmp_path / "contract.png"
+        Image.fromarray(contract_image(64, 64)).save(image)
+        store = ModelStore([ModelRoot(tiny_model_root.root)])
+        return Engine(store=store, device="cpu"), str(image), store
+
+    def _run(self, engine, job: dict[str, Any], **kwargs):
+        from ctrlgen.core.jobs import parse_job
+
+        return engine.run(parse_job(job), **kwargs)
+
+    def test_contract_adapter_spec_is_well_formed(self):
+        from ctrlgen.core.plugins import get_registry
+
+        spec = get_registry("adapters").get(self.adapter)
+        assert spec.description
+        for param in spec.params:
+            assert param.description, f"{spec.name}.{param.name}: describe the parameter"
+
+    def test_contract_restores_pipeline_after_success_and_cancel(self, contract_setup):
+        import threading
+
+        from ctrlgen.core.errors import CancelledError
+
+        engine, image, _ = contract_setup
+        self._run(engine, self.plain_job(image))  # load and cache the pipeline
+        (base,) = engine._pipelines.values()
+        before = pipeline_fingerprint(base)
+        self._run(engine, self.adapter_job(image))
+        assert pipeline_fingerprint(base) == before, "the adapter left the cached pipeline changed"
+        cancel = threading.Event()
+
+        def cancel_at_first_step(event):
+            if event.kind == "progress":
+                cancel.set()
+
+        with pytest.raises(CancelledError):
+            self._run(engine, {**self.adapter_job(image), "steps": 5}, on_event=cancel_at_first_step,
+                      cancel=cancel)
+        assert pipeline_fingerprint(base) == before, "a cancelled job left the cached pipeline changed"
+
+    def test_contract_plain_job_after_adapter_matches_fresh_pipeline(self, contract_setup):
+        from ctrlgen.core.engine import Engine
+
+        engine, image, store = contract_setup
+        self._run(engine, self.adapter_job(image))
+        after = np.asarray(self._run(engine, self.plain_job(image)).images[0])
+        fresh = np.asarray(self._run(Engine(store=store, device="cpu"), self.plain_job(image)).images[0])
+        assert np.array_equal(after, fresh), "a plain job after the adapter differs from a fresh pipeline's"

@@ -1,0 +1,220 @@
+"""The vertical slice: job -> model store -> canny -> ControlNet pipeline -> PNG, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctrlgen.core.engine import Engine, round_size
+from ctrlgen.core.errors import CancelledError, CtrlgenError, JobError, ModelNotFoundError
+from ctrlgen.core.jobs import parse_job
+from ctrlgen.core.models import ModelStore
+from ctrlgen.core.specs import ModelRoot
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(data.astronaut()).resize((128, 128)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_root):
+    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+
+
+def make_job(photo, **overrides):
+    job = {
+        "model": "tiny-sd15",
+        "prompt": "an astronaut",
+        "negative_prompt": "blurry",
+        "seed": 7,
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "image": str(photo),
+        "control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny", "weight": 1.0}],
+    }
+    job.update(overrides)
+    return parse_job(job)
+
+
+def pixels(result):
+    return [np.asarray(image) for image in result.images]
+
+
+def test_slice_produces_an_image_and_events_in_order(engine, photo):
+    events = []
+    result = engine.run(make_job(photo), on_event=events.append)
+    (image,) = result.images
+    assert image.size == (64, 64) and image.mode == "RGB"
+    assert np.asarray(image).std() > 1.0  # an actual generated picture, not a blank
+    kinds = [e.kind for e in events]
+    assert kinds == ["started", "progress", "progress", "progress", "finished"]
+    assert [e.data["step"] for e in events if e.kind == "progress"] == [1, 2, 3]
+    assert result.control_maps[0].shape == (128, 128, 3)
+    assert set(np.unique(result.control_maps[0])) <= set(range(256)) and result.control_maps[0].max() == 255
+
+
+def test_fixed_seed_is_deterministic_and_seed_matters(engine, photo):
+    first = pixels(engine.run(make_job(photo)))
+    second = pixels(engine.run(make_job(photo)))
+    other = pixels(engine.run(make_job(photo, seed=8)))
+    assert np.array_equal(first[0], second[0])
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_control_map_reaches_the_network(engine, photo, tmp_path):
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(black)
+    with_edges = pixels(engine.run(make_job(photo)))[0]
+    control = [{"model": "tiny-controlnet-sd15", "preprocessor": "none", "image": str(black)}]
+    with_black = pixels(engine.run(make_job(photo, control=control)))[0]
+    zero_weight = [{"model": "tiny-controlnet-sd15", "preprocessor": "canny", "weight": 0.0}]
+    without = pixels(engine.run(make_job(photo, control=zero_weight)))[0]
+    plain = pixels(engine.run(make_job(photo, control=[])))[0]
+    assert not np.array_equal(with_edges, with_black)
+    assert np.abs(without.astype(int) - plain.astype(int)).max() <= 1  # weight 0 == no ControlNet
+
+
+def test_cached_pipeline_is_left_clean(engine, photo, tiny_model_root):
+    plain_job = make_job(photo, control=[], sampler="DPM++ 2M")
+    engine.run(make_job(photo))  # ControlNet job first, on the cached pipeline
+    base = next(iter(engine._pipelines.values()))
+    scheduler_before = type(base.scheduler)
+    after = pixels(engine.run(plain_job))[0]
+    assert type(base.scheduler) is scheduler_before and type(base).__name__ == "StableDiffusionPipeline"
+    fresh = Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+    assert np.array_equal(after, pixels(fresh.run(plain_job))[0])
+
+
+def test_size_is_rounded_for_the_model_and_brought_back(engine, photo):
+    assert round_size(70, 66) == (72, 72)
+    result = engine.run(make_job(photo, width=70, height=66, control=[]))
+    assert result.images[0].size == (70, 66)
+
+
+def test_batch_uses_consecutive_seeds(engine, photo):
+    result = engine.run(make_job(photo, batch_size=2, control=[]))
+    assert result.seeds == [7, 8]
+    single = pixels(engine.run(make_job(photo, seed=8, control=[])))[0]
+    assert np.abs(pixels(result)[1].astype(int) - single.astype(int)).max() <= 2
+
+
+def test_cancel_stops_and_engine_keeps_working(engine, photo):
+    cancel = threading.Event()
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.kind == "progress" and event.data["step"] == 1:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        engine.run(make_job(photo, steps=20), on_event=on_event, cancel=cancel)
+    steps = [e.data["step"] for e in events if e.kind == "progress"]
+    assert steps == [1] and events[-1].kind == "cancelled"
+    assert engine.run(make_job(photo)).images
+
+
+def test_sdxl_controlnet_job(engine, photo):
+    result = engine.run(make_job(photo, model="tiny-sdxl",
+                                 control=[{"model": "tiny-controlnet-sdxl", "preprocessor": "canny"}]))
+    assert result.images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": "no-such-model"}, "no-such-model"),
+        ({"control": [{"model": "tiny-controlnet-sdxl", "preprocessor": "canny"}]},
+         "is a sdxl ControlNet but the checkpoint is sd15"),
+        ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny", "guidance_start": 0.8,
+                       "guidance_end": 0.2}]}, "guidance_start=0.8 must be below guidance_end=0.2"),
+        ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny", "weight": 5}]},
+         "control[0].weight=5.0 is above its maximum 2"),
+        ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "cany"}]}, "Did you mean 'canny'"),
+        ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny",
+                       "preprocessor_params": {"low_threshold": 300}}]}, "canny.low_threshold=300 is above"),
+        ({"control": [{"model": "tiny-sd15", "preprocessor": "canny"}]}, "no-controlnet"),
+    ],
+)
+def test_invalid_jobs_fail_with_clear_messages(engine, photo, overrides, message):
+    if message == "no-controlnet":
+        with pytest.raises(ModelNotFoundError, match="tiny-sd15"):
+            engine.run(make_job(photo, **overrides))
+        return
+    with pytest.raises(CtrlgenError) as info:
+        engine.run(make_job(photo, **overrides))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"prompt": "x"}, "job.model: Field required"),
+        ({"model": "m", "steps": 500}, "job.steps: Input should be less than or equal to 150 (got 500)"),
+        ({"model": "m", "sampler": "Eulr"}, "unknown sampler 'Eulr'; choose one of"),
+        ({"model": "m", "colour": 1}, "job.colour: Extra inputs are not permitted"),
+        ({"model": "m", "control": [{"model": "c"}]}, "control[0] has no image and the job has none"),
+        ({"model": "m", "control": [{"model": "c", "image": "x.png", "resize_mode": "stretch"}]},
+         "job.control.0.resize_mode: must be one of just_resize"),
+    ],
+)
+def test_job_validation_messages(data, message):
+    with pytest.raises(JobError) as info:
+        parse_job(data)
+    assert message in str(info.value)
+
+
+def test_sampler_names_are_forgiving():
+    assert parse_job({"model": "m", "sampler": "dpm++ 2m karras"}).sampler == "DPM++ 2M Karras"
+
+
+def test_generate_cli_writes_pngs_with_parameters(tiny_model_root, photo, tmp_path, monkeypatch, capsys):
+    from ctrlgen.core import plugins
+    from ctrlgen.core.cli import main
+
+    monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", str(tiny_model_root.root))
+    monkeypatch.setenv("CTRLGEN_DEVICE", "cpu")
+    plugins.reset()
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({
+        "model": "tiny-sd15", "prompt": "a (red:1.2) car", "seed": 3, "steps": 2, "width": 64, "height": 64,
+        "image": photo.name,
+        "control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny", "weight": 0.7}],
+    }))
+    (tmp_path / photo.name).write_bytes(photo.read_bytes())  # relative paths resolve next to the job
+    try:
+        assert main(["generate", str(job_file), "--out", str(tmp_path / "out"), "--quiet", "--json"]) == 0
+    finally:
+        plugins.reset()
+    output = json.loads(capsys.readouterr().out)
+    (path,) = output["outputs"]
+    with Image.open(path) as image:
+        assert image.size == (64, 64)
+        parameters = image.info["parameters"]
+        job = json.loads(image.info["ctrlgen-job"])
+    assert parameters.startswith("a (red:1.2) car\n")
+    assert "Steps: 2, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 64x64, Model: tiny-sd15" in parameters
+    assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet-sd15, weight: 0.7"' in parameters
+    assert job["seed"] == 3 and job["control"][0]["weight"] == 0.7
+
+
+def test_generate_cli_bad_job_has_no_traceback(tmp_path, capsys):
+    from ctrlgen.core.cli import main
+
+    job_file = tmp_path / "job.json"
+    job_file.write_text("{not json")
+    assert main(["generate", str(job_file)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid JSON" in err and "line 1" in err and "Traceback" not in err
