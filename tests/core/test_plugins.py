@@ -203,9 +203,9 @@ def test_manager_is_lazy_and_cached(fresh_plugins):
 def test_cli_does_not_import_torch(argv):
     code = (
         "import sys\nfrom ctrlgen.core.cli import main\n"
-        "try:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "assert 'diffusers' not in sys.modules\nprint('ok')\n" % argv
+        "assert 'diffusers' not in sys.modules\nprint('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -105,6 +105,8 @@ def test_controlnet_pipeline_from_single_files_runs(request, family, no_network)
     hint = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8"))
     image = generate(pipe, image=hint)
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    black = generate(pipe, image=Image.new("RGB", (64, 64)))
+    assert np.abs(image - black).max() > 1 / 255, "the control image must steer the result"
 
 
 @pytest.mark.parametrize("family", ["tiny_sd15", "tiny_sdxl"])

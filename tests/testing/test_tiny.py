@@ -58,6 +58,17 @@ def test_components_are_deterministic(tiny_model_cache) -> None:
     assert first["tokenizer"]("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
+@pytest.mark.parametrize("family", ["tiny_sd15", "tiny_sdxl"])
+def test_no_tensor_is_constant(request, family) -> None:
+    """Like trained weights, so a round trip that swapped two same-shaped tensors would fail."""
+    from safetensors.torch import load_file
+
+    model = request.getfixturevalue(family)
+    for path in (model.checkpoint, model.controlnet_checkpoint):
+        constant = [k for k, v in load_file(path).items() if v.numel() > 1 and v.float().std() == 0]
+        assert not constant, f"{path.name}: {constant[:3]}"
+
+
 def test_second_write_reuses_the_build(tiny_model_cache, tiny_sd15) -> None:
     stamp = tiny_sd15.checkpoint.stat().st_mtime_ns
     again = tiny.write_tiny_sd15(tiny_model_cache)

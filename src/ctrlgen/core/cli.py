@@ -136,7 +136,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"outputs": [str(p) for p in paths], "seeds": result.seeds})
     else:
-        for path, seed in zip(paths, result.seeds):
+        for path, seed in zip(paths, result.seeds, strict=False):
             print(f"wrote {path} (seed {seed})")
     return 0
 

@@ -40,6 +40,23 @@ def config_dir() -> Path:
     return base / "ctrlgen"
 
 
+def cache_dir() -> Path:
+    """ctrlgen's cache folder for derived files (tokenizers, config folders, tiny models).
+
+    ``CTRLGEN_CACHE_DIR`` overrides it; otherwise ``$XDG_CACHE_HOME/ctrlgen`` (``~/.cache``),
+    ``~/Library/Caches/ctrlgen`` on macOS, ``%LOCALAPPDATA%\\ctrlgen\\cache`` on Windows.
+    """
+    override = os.environ.get("CTRLGEN_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        return base / "ctrlgen" / "cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "ctrlgen"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctrlgen"
+
+
 def _env_flag(name: str) -> bool | None:
     value = os.environ.get(name)
     if value is None or value.strip() == "":

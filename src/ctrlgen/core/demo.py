@@ -9,10 +9,11 @@ weights from your model folders.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .config import cache_dir
 
 TINY_NOTE = (
     "Note: the demo model is a tiny network with random weights, so the result is noise, not a "
@@ -21,14 +22,6 @@ TINY_NOTE = (
     "  ctrlgen demo --model <checkpoint name> --controlnet <canny ControlNet name>\n"
     "`ctrlgen models` lists the names it found."
 )
-
-
-def cache_dir() -> Path:
-    override = os.environ.get("CTRLGEN_CACHE_DIR")
-    if override:
-        return Path(override).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ctrlgen"
 
 
 def sample_photo_path() -> Path:

@@ -73,7 +73,7 @@ class JobResult:
 
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for index, (image, seed, infotext) in enumerate(zip(self.images, self.seeds, self.infotexts)):
+        for index, (image, seed, infotext) in enumerate(zip(self.images, self.seeds, self.infotexts, strict=False)):
             info = PngInfo()
             info.add_text("parameters", infotext)
             job_json = self.job.model_dump(mode="json")
@@ -362,4 +362,4 @@ def fit_control(units: list[PreparedUnit], width: int, height: int, resize_modes
     """Control maps as PIL images at the generation size, per unit resize mode."""
     from PIL import Image
 
-    return [Image.fromarray(fit(u.control_image, width, height, mode)) for u, mode in zip(units, resize_modes)]
+    return [Image.fromarray(fit(u.control_image, width, height, mode)) for u, mode in zip(units, resize_modes, strict=False)]

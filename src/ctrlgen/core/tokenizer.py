@@ -25,12 +25,12 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from .config import cache_dir as default_cache_dir
 from .errors import ModelFormatError
 
 TokenizerKind = Literal["clip", "openclip"]
@@ -45,23 +45,6 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 _NUM_MERGES = 49152 - 256 - 2  # OpenAI's SimpleTokenizer keeps this many merges
 _PAD_TOKENS: dict[str, str] = {"clip": EOS_TOKEN, "openclip": "!"}
-
-
-def default_cache_dir() -> Path:
-    """ctrlgen's cache folder for derived files (tokenizers, config folders, tiny models).
-
-    ``CTRLGEN_CACHE_DIR`` overrides it; otherwise ``$XDG_CACHE_HOME/ctrlgen`` (``~/.cache``),
-    ``~/Library/Caches/ctrlgen`` on macOS, ``%LOCALAPPDATA%\\ctrlgen\\cache`` on Windows.
-    """
-    override = os.environ.get("CTRLGEN_CACHE_DIR")
-    if override:
-        return Path(override).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-        return base / "ctrlgen" / "cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "ctrlgen"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctrlgen"
 
 
 def bpe_vocabulary_path() -> Path:

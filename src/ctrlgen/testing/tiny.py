@@ -1,7 +1,10 @@
 """Tiny random-weight Stable Diffusion models, written in the on-disk layouts users really have.
 
 As in diffusers' own ``get_dummy_components()``, every component is built from a small
-config after ``torch.manual_seed(seed)``, so two builds are bit-identical. The shapes follow
+config after ``torch.manual_seed(seed)``, so two builds are bit-identical; then every tensor
+gets its own random values, as trained weights have (no constant norms, no all-zero ControlNet
+convolutions, so round trips catch swapped tensors and a control image changes the result).
+The shapes follow
 the real architectures (SD1.5: cross-attention levels first, CLIP-L-style encoder; SDXL:
 plain first level, ``text_time`` added conditioning, two text encoders, linear projections,
 two transformer layers deep in the second level) at sizes that generate a 64×64 image in
@@ -46,7 +49,7 @@ from typing import Any, Literal
 from ctrlgen.core.diffusers_configs import bundled_config_files, link_or_copy, write_sidecar
 from ctrlgen.core.tokenizer import default_cache_dir, load_clip_tokenizer, publish_folder
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 """Bump when the tiny models change; old cache folders are then ignored."""
 
 IMAGE_SIZE = 64
@@ -54,6 +57,7 @@ _UNET_CHANNELS = (32, 64)
 _HINT_CHANNELS = (16, 16, 32, 32)  # four stages like the real (16, 32, 96, 256): 8x down-scaling
 _SDXL_TIME_EMBED_DIM = 8
 _SDXL_POOLED_DIM = 32
+_ZERO_CONV_STD = 0.1  # ControlNet's zero convolutions, as if trained: the control image steers the result
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,27 @@ def _tiny_vae(scaling_factor: float) -> Any:
     )
 
 
+def _randomize(model: Any, seed: int, zero_init_std: float = 0.0) -> Any:
+    """Give every tensor its own random values, as trained weights have.
+
+    Fresh modules hold constant tensors (norm weights 1, biases 0, ControlNet's zero
+    convolutions), so a round trip that swapped two same-shaped norms would go unnoticed and
+    a fresh ControlNet would not change the image at all. Each parameter gets N(0, 0.02)
+    added; tensors that are all zero (the zero convolutions) get N(0, ``zero_init_std``).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            if zero_init_std and not parameter.any():
+                parameter.copy_(noise * zero_init_std)
+            else:
+                parameter.add_(noise * 0.02)
+    return model
+
+
 def _scheduler(architecture: str) -> Any:
     import diffusers
 
@@ -156,9 +181,9 @@ def tiny_sd15_components(seed: int = 0, cache_dir: Path | None = None) -> dict[s
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_clip_config(32, 32, "quick_gelu"))
     return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
+        "unet": _randomize(unet, seed),
+        "vae": _randomize(vae, seed + 1),
+        "text_encoder": _randomize(text_encoder, seed + 2),
         "tokenizer": load_clip_tokenizer("clip", cache_dir),
         "scheduler": _scheduler("sd15"),
         "safety_checker": None,
@@ -202,10 +227,10 @@ def tiny_sdxl_components(seed: int = 0, cache_dir: Path | None = None) -> dict[s
     torch.manual_seed(seed)
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(64, _SDXL_POOLED_DIM, "gelu"))
     return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "text_encoder_2": text_encoder_2,
+        "unet": _randomize(unet, seed),
+        "vae": _randomize(vae, seed + 1),
+        "text_encoder": _randomize(text_encoder, seed + 2),
+        "text_encoder_2": _randomize(text_encoder_2, seed + 3),
         "tokenizer": load_clip_tokenizer("clip", cache_dir),
         "tokenizer_2": load_clip_tokenizer("openclip", cache_dir),
         "scheduler": _scheduler("sdxl"),
@@ -217,8 +242,8 @@ def tiny_sdxl_components(seed: int = 0, cache_dir: Path | None = None) -> dict[s
 def tiny_controlnet(unet: Any, seed: int = 0) -> Any:
     """A random-weight ``ControlNetModel`` matching ``unet`` (SD1.5- or SDXL-shaped).
 
-    Built from its own config (not ``from_unet``) so its weights are random, like a trained
-    ControlNet's, and round trips check every tensor.
+    Built from its own config (not ``from_unet``) and with its zero convolutions filled, so
+    like a trained ControlNet it changes the image, and round trips check every tensor.
     """
     import torch
     from diffusers import ControlNetModel
@@ -233,7 +258,7 @@ def tiny_controlnet(unet: Any, seed: int = 0) -> Any:
             "transformer_layers_per_block": config.transformer_layers_per_block,
         }
     torch.manual_seed(seed)
-    return ControlNetModel(
+    controlnet = ControlNetModel(
         block_out_channels=config.block_out_channels,
         layers_per_block=config.layers_per_block,
         in_channels=config.in_channels,
@@ -245,6 +270,14 @@ def tiny_controlnet(unet: Any, seed: int = 0) -> Any:
         conditioning_embedding_out_channels=_HINT_CHANNELS,
         **extra,
     )
+    # A trained hint encoder passes the control image on; at its default init the signal fades
+    # through its eight convolutions and the hint would barely matter. He init keeps its gain.
+    generator = torch.Generator().manual_seed(seed + 5)
+    with torch.no_grad():
+        for module in controlnet.controlnet_cond_embedding.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+    return _randomize(controlnet, seed + 4, zero_init_std=_ZERO_CONV_STD)
 
 
 # ---------------------------------------------------------------- writers
