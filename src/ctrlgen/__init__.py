@@ -21,6 +21,15 @@ from .core.specs import (
     WeightFile,
 )
 
+
+
+def preprocess(name: str, image, mask=None, **params) -> PreprocessResult:
+    """Run the preprocessor ``name`` on ``image``; see :func:`ctrlgen.core.preprocess.preprocess`."""
+    from .core.preprocess import preprocess as _preprocess
+
+    return _preprocess(name, image, mask, **params)
+
+
 __all__ = [
     "AdapterSpec",
     "HostBridgeSpec",
@@ -32,4 +41,5 @@ __all__ = [
     "WeightFile",
     "__version__",
     "hookimpl",
+    "preprocess",
 ]

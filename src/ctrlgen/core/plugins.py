@@ -38,6 +38,23 @@ ENTRY_POINT_GROUP = "ctrlgen"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ctrlgen.core.default_sources",
     "ctrlgen.preprocessors.canny",
+    "ctrlgen.preprocessors.depth",
+    "ctrlgen.preprocessors.normal",
+    "ctrlgen.preprocessors.openpose",
+    "ctrlgen.preprocessors.dwpose",
+    "ctrlgen.preprocessors.mediapipe_pose",
+    "ctrlgen.preprocessors.lineart",
+    "ctrlgen.preprocessors.softedge",
+    "ctrlgen.preprocessors.scribble",
+    "ctrlgen.preprocessors.mlsd",
+    "ctrlgen.preprocessors.sam",
+    "ctrlgen.preprocessors.semantic_segmentation",
+    "ctrlgen.preprocessors.mediapipe_selfie",
+    "ctrlgen.preprocessors.face_keypoints",
+    "ctrlgen.preprocessors.mediapipe_face",
+    "ctrlgen.preprocessors.shuffle",
+    "ctrlgen.preprocessors.tile",
+    "ctrlgen.preprocessors.inpaint",
     "ctrlgen.adapters.controlnet",
 )
 

@@ -57,3 +57,12 @@ def preprocess(name: str, image: Any, mask: Any = None, **params: Any) -> Prepro
     check_requirements(spec)
     result = spec.run(rgb, mask=mask_array, **values)
     return normalize_output(result, width, height, spec.name)
+
+
+def unload(name: str | None = None) -> None:
+    """Free the weights of preprocessor ``name`` (every preprocessor when None)."""
+    registry = get_registry("preprocessors")
+    specs = [registry.get(name)] if name is not None else list(registry)
+    for spec in specs:
+        if spec.unload is not None:
+            spec.unload()

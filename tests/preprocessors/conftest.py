@@ -1,0 +1,62 @@
+"""Fixtures for preprocessor tests: a model root for (tiny) annotator weights, real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctrlgen.core import annotators
+
+
+@pytest.fixture(scope="session")
+def annotator_root(tmp_path_factory) -> Path:
+    """An A1111 install root; put weights under :func:`annotator_downloads` folders.
+
+    Session-scoped and shared by every preprocessor family's tests: each writes its own
+    (tiny, random) weight files under its own sub-folder, with the real file names.
+    """
+    root = tmp_path_factory.mktemp("webui")
+    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    (root / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads").mkdir(parents=True)
+    return root
+
+
+def annotator_downloads(root: Path, family: str) -> Path:
+    """``<root>/extensions/sd-webui-controlnet/annotator/downloads/<family>`` (created)."""
+    folder = root / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads" / family
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def use_annotator_root(annotator_root, monkeypatch):
+    """Point the model store at ``annotator_root`` for this test; loaded models are dropped after."""
+    monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", str(annotator_root))
+    annotators.unload()
+    annotators.reset_default_store()
+    yield annotator_root
+    annotators.unload()
+    annotators.reset_default_store()
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def group_photo() -> np.ndarray:
+    """insightface's ``t1.jpg``: a group of people with faces and hands."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("insightface")
+    if spec is None:
+        pytest.fail("insightface is not installed (see requirements-nodeps.txt)")
+    path = Path(spec.origin).parent / "data" / "images" / "t1.jpg"
+    return np.asarray(Image.open(path).convert("RGB"))
