@@ -22,7 +22,6 @@ from .core.specs import (
 )
 
 
-
 def preprocess(name: str, image, mask=None, **params) -> PreprocessResult:
     """Run the preprocessor ``name`` on ``image``; see :func:`ctrlgen.core.preprocess.preprocess`."""
     from .core.preprocess import preprocess as _preprocess

@@ -76,6 +76,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .pull import pull
+
+    paths = pull(args.repo, args.files or (), revision=args.revision)
+    for path in paths:
+        print(f"downloaded {path}")
+    if not load_settings().hf_cache:
+        print("note: scanning the Hugging Face cache is switched off (hf_cache = false); "
+              "switch it on so ctrlgen finds these files")
+    return 0
+
+
 # -- preprocess -----------------------------------------------------------------------
 def _parse_params(pairs: list[str]) -> dict[str, str]:
     params = {}
@@ -91,17 +104,51 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .engine import read_image
+
+    if args.sheet:
+        if len(args.paths) != 2:
+            raise CtrlgenError("usage: ctrlgen preprocess --sheet IN OUT.png")
+        from .sheet import preprocessor_sheet
+
+        image = read_image(args.paths[0], "input image")
+        sheet, ran, skipped = preprocessor_sheet(image, cell=args.cell)
+        sheet.save(args.paths[1])
+        if args.json:
+            _print_json({"output": args.paths[1], "ran": ran, "skipped": skipped})
+        else:
+            print(f"wrote {args.paths[1]}: {len(ran)} preprocessors ({', '.join(ran)})")
+            for name, reason in skipped.items():
+                print(f"  skipped {name}: {reason}")
+        return 0
+    if len(args.paths) != 3:
+        raise CtrlgenError("usage: ctrlgen preprocess NAME IN OUT [--param NAME=VALUE ...]")
     from .preprocess import preprocess
 
-    image = read_image(args.input, "input image")
-    result = preprocess(args.name, image, **_parse_params(args.param or []))
-    Image.fromarray(result.image).save(args.output)
+    name, source, output = args.paths
+    image = read_image(source, "input image")
+    mask = read_mask(args.mask, image) if args.mask else None
+    result = preprocess(name, image, mask=mask, **_parse_params(args.param or []))
+    Image.fromarray(result.image).save(output)
     if args.json:
-        _print_json({"output": str(args.output), "width": image.shape[1], "height": image.shape[0],
-                     "data": result.data})
+        _print_json({"output": output, "width": image.shape[1], "height": image.shape[0], "data": result.data})
     else:
-        print(f"wrote {args.output}")
+        print(f"wrote {output}")
     return 0
+
+
+def read_mask(path: str, image) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import to_mask
+
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            return to_mask(mask, (image.shape[1], image.shape[0]))
+    except FileNotFoundError:
+        raise CtrlgenError(f"mask file {path} does not exist") from None
+    except UnidentifiedImageError:
+        raise CtrlgenError(f"mask {path} is not an image PIL can read") from None
 
 
 # -- generate -----------------------------------------------------------------------------
@@ -171,16 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("models", help="list the models found in the model folders")
+    p = sub.add_parser("models", help="list the models found in the model folders (or: models pull)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--category", help="only this category (checkpoints, controlnet, loras, ...)")
     p.set_defaults(func=cmd_models)
+    models_sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    pull_parser = models_sub.add_parser(
+        "pull", help="download a Hugging Face repo (or some of its files) into the HF cache")
+    pull_parser.add_argument("repo", help="ORG/NAME, e.g. lllyasviel/Annotators")
+    pull_parser.add_argument("files", nargs="*", help="files to fetch (default: safetensors and configs)")
+    pull_parser.add_argument("--revision", help="branch, tag or commit")
+    pull_parser.set_defaults(func=cmd_models_pull)
 
-    p = sub.add_parser("preprocess", help="run one preprocessor on an image")
-    p.add_argument("name", help="preprocessor name (see `ctrlgen plugins --all`)")
-    p.add_argument("input", help="input image")
-    p.add_argument("output", help="output PNG")
+    p = sub.add_parser(
+        "preprocess", help="run one preprocessor on an image (or --sheet: all of them)",
+        usage="ctrlgen preprocess NAME IN OUT [--param NAME=VALUE ...] [--mask MASK] [--json]\n"
+              "       ctrlgen preprocess --sheet IN OUT.png [--cell PX] [--json]")
+    p.add_argument("paths", nargs="+", metavar="NAME IN OUT", help="preprocessor name, input image, output PNG")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="preprocessor parameter")
+    p.add_argument("--mask", help="mask image (white = masked), for preprocessors that use one")
+    p.add_argument("--sheet", action="store_true", help="a labelled contact sheet of every preprocessor")
+    p.add_argument("--cell", type=int, default=256, help="sheet cell size in pixels (default 256)")
     p.add_argument("--json", action="store_true", help="print the result's data as JSON")
     p.set_defaults(func=cmd_preprocess)
 

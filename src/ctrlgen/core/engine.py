@@ -194,6 +194,9 @@ class Engine:
     def resolve_checkpoint(self, job: Job) -> Any:
         entry = self.store.find(job.model, category=("checkpoints", "diffusers"))
         architecture = entry.identity.architecture
+        problem = entry.identity.details.get("error")
+        if problem:
+            raise JobError(f"model {job.model!r} cannot be used: {problem}")
         if architecture not in SUPPORTED_ARCHITECTURES:
             raise JobError(
                 f"model {job.model!r} ({entry.path}) is a {architecture} model; ctrlgen can run "

@@ -32,3 +32,38 @@ def contact_sheet(items: Sequence[tuple[str, np.ndarray]], cell: int = 256, colu
         sheet.paste(image, (x + (cell - image.width) // 2, y + (cell - image.height) // 2))
         draw.text((x + 2, y + cell + 4), label[:40], fill=(235, 235, 235), font=font)
     return sheet
+
+
+def preprocessor_sheet(image: np.ndarray, cell: int = 256, names: Sequence[str] | None = None,
+                       mask: np.ndarray | None = None):
+    """Run every preprocessor (or ``names``) on ``image`` with its defaults.
+
+    Returns ``(sheet, ran, skipped)``: the labelled sheet (input first), the names that ran,
+    and ``{name: reason}`` for those that could not run here (missing weights or packages,
+    needing input the defaults do not give). A mask (centred ellipse by default) is passed
+    to every preprocessor, so mask-driven ones (inpaint hints) show what they do.
+    """
+    from .errors import CtrlgenError
+    from .images import to_rgb
+    from .plugins import get_registry
+    from .preprocess import preprocess
+
+    image = to_rgb(image)
+    height, width = image.shape[:2]
+    if mask is None:
+        yy, xx = np.mgrid[0:height, 0:width]
+        mask = ((((xx - width / 2) / (width / 4)) ** 2 + ((yy - height / 2) / (height / 4)) ** 2) <= 1)
+        mask = mask.astype(np.uint8) * 255
+    registry = get_registry("preprocessors")
+    items: list[tuple[str, np.ndarray]] = [("input", image)]
+    ran: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in names or registry.names():
+        try:
+            result = preprocess(name, image, mask=mask)
+        except CtrlgenError as exc:
+            skipped[name] = str(exc).splitlines()[0]
+            continue
+        items.append((name, result.image))
+        ran.append(name)
+    return contact_sheet(items, cell=cell, columns=min(6, len(items))), ran, skipped

@@ -1,0 +1,41 @@
+"""Timing helpers shared by the benchmarks: medians of repeated runs, ratio tables."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def median_seconds(function: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def report(title: str, rows: list[dict[str, Any]], json_path: str | None = None) -> None:
+    """Print rows as a table (and write them as JSON when ``json_path`` is given)."""
+    print(f"\n{title}")
+    if rows:
+        keys = list(rows[0])
+        widths = [max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys]
+        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+        for row in rows:
+            print("  ".join(_fmt(row[k]).ljust(w) for k, w in zip(keys, widths)))
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump({"title": title, "rows": rows, "python": sys.version.split()[0]}, handle, indent=2)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,179 @@
+"""OpenPose (CMU) body, hand and face keypoints with controlnet-aux's networks.
+
+Five variants as in sd-webui-controlnet: ``openpose`` (body), ``openpose_hand``,
+``openpose_face``, ``openpose_full`` and ``openpose_faceonly``. The networks are
+controlnet-aux's classes filled with the lllyasviel/Annotators state dicts from the model
+store; detection is controlnet-aux's (body part affinity fields, hand and face boxes from
+the body). Every variant returns OpenPose JSON; :func:`render_openpose` draws a map from
+(edited) JSON. Differences from controlnet-aux: the map is drawn at the input's size with
+limbs scaled like its resized map, and the face has its 70 landmarks in order (missing ones
+as 0,0,0) without the stray dot controlnet-aux draws for the network's background channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ctrlgen.core.annotators import loaded, torch_device, unloader, weight_path
+from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
+from ctrlgen.core.plugins import hookimpl
+from ctrlgen.core.specs import PreprocessorSpec, WeightFile
+
+from ._pose import Person, PoseJSONError, line_scale_for, pose_result, render_openpose
+
+__all__ = ["render_openpose", "PoseJSONError", "detect_people"]
+
+OWNER = "openpose"
+BODY = WeightFile("body_pose_model.pth", source="lllyasviel/Annotators")
+HAND = WeightFile("hand_pose_model.pth", source="lllyasviel/Annotators")
+FACE = WeightFile("facenet.pth", source="lllyasviel/Annotators")
+
+# name: (draw body, detect+draw hands, detect+draw face, description)
+VARIANTS = {
+    "openpose": (True, False, False, "OpenPose body skeleton (18 keypoints)"),
+    "openpose_hand": (True, True, False, "OpenPose body and hands"),
+    "openpose_face": (True, False, True, "OpenPose body and face landmarks"),
+    "openpose_full": (True, True, True, "OpenPose body, hands and face"),
+    "openpose_faceonly": (False, False, True, "OpenPose face landmarks only (the body finds the face)"),
+}
+
+
+def _network(weight: WeightFile, net_class, strip_first_key_part: bool):
+    """controlnet-aux's network class holding the state dict of ``weight`` from the store."""
+    import torch
+
+    from ctrlgen.core.architecture import load_state_dict
+    from ctrlgen.core.errors import ModelFormatError
+
+    path = weight_path(OWNER, weight)
+    state = load_state_dict(path, allow_pickle=True)
+    with torch.device("meta"):  # no random init of ~50M parameters that are overwritten anyway
+        net = net_class()
+    # The CMU files name layers without controlnet-aux's stage prefix ("conv1_1.weight" for
+    # "model0.conv1_1.weight"): the mapping controlnet-aux's util.transfer does.
+    wanted = {name: name.split(".", 1)[1] if strip_first_key_part else name for name in net.state_dict()}
+    missing = [key for key in wanted.values() if key not in state]
+    if missing:
+        raise ModelFormatError(f"{path} is not an OpenPose {weight.filename}: it lacks {', '.join(missing[:3])}"
+                               f"{' and more' if len(missing) > 3 else ''}; download it again from {weight.source}")
+    try:
+        net.load_state_dict({name: state[key] for name, key in wanted.items()}, assign=True)
+    except RuntimeError as exc:
+        raise ModelFormatError(f"{path} does not fit the OpenPose network: {exc}") from None
+    return net.to(torch_device()).eval()
+
+
+def _body():
+    def load():
+        from controlnet_aux.open_pose.body import Body
+        from controlnet_aux.open_pose.model import bodypose_model
+
+        body = Body.__new__(Body)  # its __init__ would torch.load a path itself
+        body.model = _network(BODY, bodypose_model, strip_first_key_part=True)
+        return body
+
+    return loaded(OWNER, load, key="body")
+
+
+def _hand():
+    def load():
+        from controlnet_aux.open_pose.hand import Hand
+        from controlnet_aux.open_pose.model import handpose_model
+
+        hand = Hand.__new__(Hand)
+        hand.model = _network(HAND, handpose_model, strip_first_key_part=True)
+        return hand
+
+    return loaded(OWNER, load, key="hand")
+
+
+def _face():
+    def load():
+        from controlnet_aux.open_pose.face import Face, FaceNet
+
+        face = Face.__new__(Face)
+        face.model = _network(FACE, FaceNet, strip_first_key_part=False)
+        return face
+
+    return loaded(OWNER, load, key="face")
+
+
+def _face_points(found, bgr: np.ndarray) -> list | None:
+    from controlnet_aux.open_pose import util
+
+    box = util.faceDetect(found, bgr)
+    if box is None:
+        return None
+    x, y, size = box
+    heatmaps = _face()(bgr[y : y + size, x : x + size, :])
+    height, width = bgr.shape[:2]
+    points = []
+    for heatmap in heatmaps[:70]:  # channel 70 is the network's background, not a landmark
+        above = heatmap > 0.05
+        if not above.any():
+            points.append(None)
+            continue
+        peak_y, peak_x = np.unravel_index(np.argmax(np.where(above, heatmap, -np.inf)), heatmap.shape)
+        # A peak on the crop's first row/column is controlnet-aux's "not found" marker.
+        points.append(None if peak_x == 0 or peak_y == 0 else ((peak_x + x) / width, (peak_y + y) / height))
+    return points
+
+
+def _hand_points(found, bgr: np.ndarray) -> tuple[list | None, list | None]:
+    from controlnet_aux.open_pose import util
+
+    height, width = bgr.shape[:2]
+    hands: dict[bool, list] = {}
+    for x, y, size, is_left in util.handDetect(found, bgr):
+        peaks = _hand()(bgr[y : y + size, x : x + size, :])
+        hands[is_left] = [None if px < 1e-6 or py < 1e-6 else ((px + x) / width, (py + y) / height)
+                          for px, py in peaks]
+    return hands.get(True), hands.get(False)
+
+
+def detect_people(image: np.ndarray, *, hands: bool, face: bool, detect_resolution: int):
+    """People found in an RGB ``uint8`` image; returns ``(people, detect_width, detect_height)``."""
+    import torch
+
+    height, width = image.shape[:2]
+    det_w, det_h = detection_size(width, height, detect_resolution)
+    bgr = np.ascontiguousarray(resize(image, det_w, det_h)[:, :, ::-1])  # the CMU networks read BGR
+    body = _body()
+    people = []
+    with torch.no_grad():
+        candidate, subset = body(bgr)
+        for found in body.format_body_result(candidate, subset):
+            person = Person(body=[None if k is None else (k.x / float(det_w), k.y / float(det_h))
+                                  for k in found.keypoints])
+            if hands:
+                person.left_hand, person.right_hand = _hand_points(found, bgr)
+            if face:
+                person.face = _face_points(found, bgr)
+            people.append(person)
+    return people, det_w, det_h
+
+
+def _runner(draw_body: bool, hands: bool, face: bool):
+    def run(image: np.ndarray, mask: np.ndarray | None = None, *, detect_resolution: int):
+        people, det_w, det_h = detect_people(image, hands=hands, face=face, detect_resolution=detect_resolution)
+        height, width = image.shape[:2]
+        return pose_result(people, width, height, line_scale_for(width, height, det_w, det_h),
+                           body=draw_body, hands=hands, face=face)
+
+    return run
+
+
+@hookimpl
+def ctrlgen_preprocessors():
+    for name, (draw_body, hands, face, description) in VARIANTS.items():
+        weights = (BODY,) + ((HAND,) if hands else ()) + ((FACE,) if face else ())
+        yield PreprocessorSpec(
+            name=name,
+            run=_runner(draw_body, hands, face),
+            params=(DETECT_RESOLUTION,),
+            family="openpose",
+            description=f"{description}; keypoints as OpenPose JSON in the result data",
+            weights=weights,
+            requires=("torch", "controlnet_aux", "cv2", "scipy", "skimage"),
+            unload=unloader(OWNER),
+        )

@@ -1,0 +1,22 @@
+"""The benchmark scripts keep working (one quick repetition; timings are not asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_engine_benchmark_runs(tmp_path, torch_single_thread):
+    rows = load("bench_engine").main(["--repeat", "1", "--steps", "1", "--json", str(tmp_path / "r.json")])
+    assert [r["measure"].split()[0] for r in rows] == ["ControlNet", "ctrlgen"]
+    assert all(r["ratio"] > 0 for r in rows)
+    assert (tmp_path / "r.json").is_file()
