@@ -27,9 +27,9 @@ def report(title: str, rows: list[dict[str, Any]], json_path: str | None = None)
     if rows:
         keys = list(rows[0])
         widths = [max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys]
-        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+        print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
         for row in rows:
-            print("  ".join(_fmt(row[k]).ljust(w) for k, w in zip(keys, widths)))
+            print("  ".join(_fmt(row[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
     if json_path:
         with open(json_path, "w") as handle:
             json.dump({"title": title, "rows": rows, "python": sys.version.split()[0]}, handle, indent=2)
