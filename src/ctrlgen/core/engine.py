@@ -291,9 +291,11 @@ class Engine:
 
         pipeline = type(base).from_pipe(base, scheduler=make_scheduler(job.sampler, base.scheduler.config))
         pipeline.set_progress_bar_config(disable=True)
+        from .conditioning import plan_prompts
+
+        plan = plan_prompts(pipeline, job.prompt, job.negative_prompt, job.steps, job.batch_size, job.clip_skip)
         call_kwargs: dict[str, Any] = dict(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt or None,
+            **plan.call_kwargs(0),
             num_inference_steps=job.steps,
             guidance_scale=job.cfg_scale,
             width=width,
@@ -302,13 +304,17 @@ class Engine:
             generator=generators,
             output_type="np",
         )
-        if job.batch_size > 1:
-            call_kwargs["prompt"] = [job.prompt] * job.batch_size
-            call_kwargs["negative_prompt"] = [job.negative_prompt] * job.batch_size if job.negative_prompt else None
         context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height)
         total = job.steps
 
+        current_stage = [0]
+
         def on_step_end(pipe, step, timestep, tensors):
+            # Prompt editing: the step that follows (1-based step + 2) may use another stage.
+            stage = plan.stage_for_step(step + 2)
+            if stage != current_stage[0]:
+                current_stage[0] = stage
+                tensors.update(_stage_tensors(pipe, plan, stage))
             emit("progress", step=step + 1, total=total)
             if cancel is not None and cancel.is_set():
                 pipe._interrupt = True
@@ -320,7 +326,9 @@ class Engine:
                 stack.enter_context(adapter.attach(context, units))
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled before it started")
-            output = context.pipeline(**context.call_kwargs, callback_on_step_end=on_step_end)
+            inputs = ["prompt_embeds"] + (["add_text_embeds"] if "pooled_prompt_embeds" in call_kwargs else [])
+            output = context.pipeline(**context.call_kwargs, callback_on_step_end=on_step_end,
+                                      callback_on_step_end_tensor_inputs=inputs)
         if cancel is not None and cancel.is_set():
             raise CancelledError(f"job {job_id} was cancelled")
         images = [_to_pil(array, job.width, job.height) for array in output.images]
@@ -333,6 +341,21 @@ class Engine:
             control_maps=[unit.control_image for unit in units],
             infotexts=[infotext(job, s, model_name) for s in seeds],
         )
+
+
+def _stage_tensors(pipe: Any, plan: Any, stage: int) -> dict[str, Any]:
+    """The denoising loop's conditioning tensors for prompt-editing ``stage``."""
+    import torch
+
+    kwargs = plan.call_kwargs(stage)
+    guided = pipe.do_classifier_free_guidance
+    embeds = kwargs["prompt_embeds"]
+    update = {"prompt_embeds": torch.cat([kwargs["negative_prompt_embeds"], embeds]) if guided else embeds}
+    if "pooled_prompt_embeds" in kwargs:
+        pooled = kwargs["pooled_prompt_embeds"]
+        negative = kwargs["negative_pooled_prompt_embeds"]
+        update["add_text_embeds"] = torch.cat([negative, pooled]) if guided else pooled
+    return update
 
 
 def _to_pil(array: np.ndarray, width: int, height: int):

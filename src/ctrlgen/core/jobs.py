@@ -59,6 +59,7 @@ class Job(BaseModel):
     steps: int = Field(default=20, ge=1, le=150)
     cfg_scale: float = Field(default=7.0, ge=0.0, le=30.0)
     sampler: str = "Euler a"
+    clip_skip: int = Field(default=1, ge=1, le=12, description="A1111 numbering: 1 = last CLIP layer, 2 = penultimate")
     width: int = Field(default=512, ge=64, le=4096)
     height: int = Field(default=512, ge=64, le=4096)
     batch_size: int = Field(default=1, ge=1, le=16)
