@@ -393,7 +393,8 @@ class ModelStore:
         )
         where = f"into {target}" if target else "into one of the folders above"
         if _REPO_ID.match(source or ""):
-            pull = f"`ctrlgen models pull {source}` fetches it into the Hugging Face cache"
+            single = f" {ref}" if ref and "/" not in ref.strip("/") and "." in ref else ""
+            pull = f"`ctrlgen models pull {source}{single}` fetches it into the Hugging Face cache"
         elif _REPO_ID.match(ref):
             pull = f"if {ref!r} is a Hugging Face repo, `ctrlgen models pull {ref}` fetches it into the cache"
         else:
