@@ -16,6 +16,20 @@ def pytest_configure(config):
     import os
     import tempfile
 
+    # `weights` tests compare against real files: keep where the user's models are (their
+    # CTRLGEN_MODEL_ROOTS, config.toml roots and HF cache) in CTRLGEN_WEIGHTS_ROOTS before
+    # isolating everything else.
+    if "CTRLGEN_WEIGHTS_ROOTS" not in os.environ:
+        try:
+            from ctrlgen.core.config import load_settings
+            from ctrlgen.core.model_layouts import hf_cache_dir
+
+            user_roots = [str(root) for root in load_settings().model_roots]
+            if hf_cache_dir().is_dir():
+                user_roots.append(str(hf_cache_dir()))
+        except Exception:  # a broken user config must not stop the test suite
+            user_roots = []
+        os.environ["CTRLGEN_WEIGHTS_ROOTS"] = os.pathsep.join(user_roots)
     scratch = Path(tempfile.mkdtemp(prefix="ctrlgen-tests-"))
     os.environ["CTRLGEN_CONFIG_DIR"] = str(scratch / "config")
     os.environ.setdefault("CTRLGEN_CACHE_DIR", str(scratch / "cache"))

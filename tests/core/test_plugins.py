@@ -172,7 +172,7 @@ def ctrlgen_startup(context):
     plugins.startup()
     import cg_start
 
-    assert cg_start.calls == [["canny"]]
+    assert len(cg_start.calls) == 1 and "canny" in cg_start.calls[0]
 
 
 def test_plugins_json_lists_builtins_with_all(fresh_plugins, capsys):

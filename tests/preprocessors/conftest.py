@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,33 @@ def use_annotator_root(annotator_root, monkeypatch):
     annotators.unload()
     annotators.reset_default_store()
     yield annotator_root
+    annotators.unload()
+    annotators.reset_default_store()
+
+
+@pytest.fixture
+def real_weight(monkeypatch):
+    """``find(WeightFile) -> Path`` over the user's real model folders, or skip the test.
+
+    The real folders are ``CTRLGEN_WEIGHTS_ROOTS`` (tests/conftest.py keeps the user's
+    configured roots and HF cache there); never the tiny test weights' root.
+    """
+    from ctrlgen.core.errors import ModelNotFoundError
+
+    if os.environ.get("CTRLGEN_WEIGHTS_ROOTS"):
+        monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", os.environ["CTRLGEN_WEIGHTS_ROOTS"])
+    else:
+        monkeypatch.delenv("CTRLGEN_MODEL_ROOTS", raising=False)
+    annotators.unload()
+    annotators.reset_default_store()
+
+    def find(weight):
+        try:
+            return annotators.default_store().find_weight(weight)
+        except ModelNotFoundError:
+            pytest.skip(f"the real {weight.filename} is not in the model store (get it from {weight.source})")
+
+    yield find
     annotators.unload()
     annotators.reset_default_store()
 

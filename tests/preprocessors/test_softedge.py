@@ -4,16 +4,20 @@ weights; the real files, where present, in ``weights`` tests."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from conftest import annotator_downloads
 
+from conftest import annotator_downloads
 from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
+from ctrlgen.preprocessors._lines_tiny import using_model_roots
 from ctrlgen.testing.contracts import PreprocessorContract
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
+USER_MODEL_ROOTS = os.environ.get("CTRLGEN_MODEL_ROOTS")  # as the session had it, for ``weights`` tests
 
 SMALL = {"detect_resolution": 64}
 UPSTREAM_SIZE = {"detect_resolution": 64, "image_resolution": 64, "output_type": "np"}
@@ -27,6 +31,13 @@ def softedge_weights(annotator_root):
         "hed": _lines_tiny.write_hed(annotator_downloads(annotator_root, "hed")),
         "pidinet": _lines_tiny.write_pidinet(annotator_downloads(annotator_root, "pidinet")),
     }
+
+
+@pytest.fixture(scope="module")
+def tiny_store(annotator_root, softedge_weights):
+    """The store on the tiny weights for this module's tests (networks load once, not per test)."""
+    with using_model_roots(str(annotator_root)):
+        yield annotator_root
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +61,31 @@ def pidinet_detector(path):
     return PidiNetDetector.from_pretrained(str(path.parent), filename=path.name)
 
 
-@pytest.mark.usefixtures("softedge_weights", "use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 class TestHedContract(PreprocessorContract):
     preprocessor = "softedge_hed"
     params = SMALL
 
 
-@pytest.mark.usefixtures("softedge_weights", "use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 class TestHedSafeContract(PreprocessorContract):
     preprocessor = "softedge_hed_safe"
     params = SMALL
 
 
-@pytest.mark.usefixtures("softedge_weights", "use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 class TestPidinetContract(PreprocessorContract):
     preprocessor = "softedge_pidinet"
     params = SMALL
 
 
-@pytest.mark.usefixtures("softedge_weights", "use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 class TestPidinetSafeContract(PreprocessorContract):
     preprocessor = "softedge_pidinet_safe"
     params = SMALL
 
 
-@pytest.mark.usefixtures("use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 @pytest.mark.parametrize(("name", "network", "safe"), [
     ("softedge_hed", "hed", False),
     ("softedge_hed_safe", "hed", True),
@@ -89,7 +100,7 @@ def test_matches_controlnet_aux_on_the_same_weights(softedge_weights, photo, nam
     assert len(np.unique(ours)) > (2 if safe else 20)  # the tiny weights give a varied map
 
 
-@pytest.mark.usefixtures("softedge_weights", "use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 def test_safe_quantises_to_a_few_levels(photo):
     soft = preprocess("softedge_hed", photo, **SMALL).image
     safe = preprocess("softedge_hed_safe", photo, **SMALL).image
@@ -98,14 +109,16 @@ def test_safe_quantises_to_a_few_levels(photo):
     assert np.array_equal(safe == 255, soft >= 170)  # floor(3x) >= 2 <=> x >= 2/3 (to a level)
 
 
-@pytest.mark.usefixtures("softedge_weights", "use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 def test_output_is_at_the_input_size_whatever_the_detector_size(photo):
-    image = np.ascontiguousarray(np.repeat(photo, 2, axis=0)[:, :200])  # 200×128
+    import cv2
+
+    image = cv2.resize(photo, (200, 128))
     result = preprocess("softedge_pidinet", image, detect_resolution=64).image
     assert result.shape == (128, 200, 3)
 
 
-@pytest.mark.usefixtures("softedge_weights", "use_annotator_root")
+@pytest.mark.usefixtures("tiny_store")
 def test_variants_share_one_network_and_unload_frees_it(photo):
     from ctrlgen.core.plugins import get_registry
 
@@ -119,49 +132,37 @@ def test_variants_share_one_network_and_unload_frees_it(photo):
     assert not any("ControlNetHED" in owner for owner in annotators.LOADED.owners())
 
 
-def test_missing_weight_names_the_file_the_folders_and_the_source(tmp_path, monkeypatch, photo):
-    monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", str(tmp_path))
-    annotators.unload()
-    annotators.reset_default_store()
-    try:
-        with pytest.raises(ModelNotFoundError) as info:
-            preprocess("softedge_pidinet", photo, **SMALL)
-    finally:
-        annotators.reset_default_store()
+def test_missing_weight_names_the_file_the_folders_and_the_source(tmp_path, photo):
+    with using_model_roots(str(tmp_path)), pytest.raises(ModelNotFoundError) as info:
+        preprocess("softedge_pidinet", photo, **SMALL)
     message = str(info.value)
     assert "softedge_pidinet" in message and "table5_pidinet.pth" in message
     assert str(tmp_path) in message and "lllyasviel/Annotators" in message
 
 
-def test_a_file_of_the_wrong_network_is_a_clear_error(tmp_path, monkeypatch, photo, softedge_weights):
+def test_a_file_of_the_wrong_network_is_a_clear_error(tmp_path, photo, softedge_weights):
     import shutil
 
     shutil.copy(softedge_weights["pidinet"], annotator_downloads(tmp_path, "hed") / "ControlNetHED.pth")
-    monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", str(tmp_path))
-    annotators.unload()
-    annotators.reset_default_store()
-    try:
-        with pytest.raises(ModelFormatError, match=r"ControlNetHED\.pth does not hold the weights"):
-            preprocess("softedge_hed", photo, **SMALL)
-    finally:
-        annotators.reset_default_store()
+    with using_model_roots(str(tmp_path)), pytest.raises(ModelFormatError) as info:
+        preprocess("softedge_hed", photo, **SMALL)
+    message = str(info.value)
+    assert "softedge_hed" in message and "ControlNetHED.pth is not the ControlNetHED.pth it needs" in message
+    assert "lllyasviel/Annotators" in message and "37 missing tensors, e.g. norm, block1.convs.0.weight" in message
 
 
 @pytest.fixture
 def real_weight():
     """Find a real weight file in the user's model store, or skip the test."""
-    annotators.unload()
-    annotators.reset_default_store()
+    with using_model_roots(USER_MODEL_ROOTS):
 
-    def find(weight):
-        try:
-            return annotators.default_store().find_weight(weight)
-        except ModelNotFoundError:
-            pytest.skip(f"the real {weight.filename} is not in the model store (get it from {weight.source})")
+        def find(weight):
+            try:
+                return annotators.default_store().find_weight(weight)
+            except ModelNotFoundError:
+                pytest.skip(f"the real {weight.filename} is not in the model store (get it from {weight.source})")
 
-    yield find
-    annotators.unload()
-    annotators.reset_default_store()
+        yield find
 
 
 @pytest.mark.weights

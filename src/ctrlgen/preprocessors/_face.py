@@ -43,7 +43,8 @@ class Face:
 
     def to_json(self) -> dict:
         return {"bbox": [round(float(v), 2) for v in self.bbox],
-                "kps": np.round(self.kps.astype(np.float64), 2).tolist(), "score": round(float(self.score), 4)}
+                "kps": np.round(self.kps.astype(np.float64), 2).tolist(),
+                "score": round(float(self.score), 4)}
 
 
 def draw_kps(height: int, width: int, faces_kps: list[np.ndarray]) -> np.ndarray:
@@ -91,14 +92,15 @@ def detect_scrfd(detector, image: np.ndarray, det_size: int, min_confidence: flo
     boxes, kpss = detector.detect(np.ascontiguousarray(image[:, :, ::-1]), input_size=(det_size, det_size),
                                   max_num=0, det_thresh=min_confidence)
     return [Face(tuple(float(v) for v in box[:4]), np.asarray(kps, np.float64), float(box[4]))
-            for box, kps in zip(boxes, kpss)]
+            for box, kps in zip(boxes, kpss, strict=True)]
 
 
 def load_mediapipe_detector(min_confidence: float):
     import mediapipe as mp
 
     # model 1 = full range (faces up to ~5 m away: group photos); 0 only finds close faces.
-    return mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+    return mp.solutions.face_detection.FaceDetection(model_selection=1,
+                                                     min_detection_confidence=min_confidence)
 
 
 def detect_mediapipe(detector, image: np.ndarray) -> list[Face]:

@@ -46,12 +46,14 @@ def detector_input(image: np.ndarray, detect_resolution: int, network: bool = Fa
 def output_map(grey: np.ndarray, width: int, height: int, *, invert: bool = False,
                binary: bool = False) -> np.ndarray:
     """An ``H×W`` ``uint8`` detector map as ``height×width×3``; ``binary`` maps stay 0/255."""
+    import cv2
+
     grey = resize(grey, width, height)
-    if binary and grey.dtype == np.uint8:
-        grey = np.where(grey > 127, 255, 0).astype(np.uint8)
+    if binary:
+        grey = cv2.threshold(grey, 127, 255, cv2.THRESH_BINARY)[1]
     if invert:
         grey = 255 - grey
-    return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)  # much faster than numpy's repeat at 2048²
 
 
 def safe_step(values: np.ndarray, step: int = 2) -> np.ndarray:
@@ -93,9 +95,10 @@ def network_owner(weight: WeightFile) -> str:
 def load_network(owner: str, weight: WeightFile, build: Callable[[dict[str, Any]], Any]) -> Any:
     """The network for ``weight``, loaded once: state dict from the store, ``build(state)``.
 
-    ``owner`` (the preprocessor) is named in errors; the loaded network is cached under
-    :func:`network_owner` so that e.g. softedge_hed and scribble_hed share one copy. Checkpoints trained with ``DataParallel`` carry a ``module.`` prefix; it is dropped. A
-    file whose tensors do not fit the network is a :class:`ModelFormatError` naming it.
+    ``owner`` (the preprocessor) is named in errors; the network is cached under
+    :func:`network_owner`, so softedge_hed and scribble_hed share one copy. Checkpoints
+    trained with ``DataParallel`` carry a ``module.`` prefix; it is dropped. A file whose
+    tensors do not fit the network is a :class:`ModelFormatError` naming it.
     """
 
     def load() -> Any:
@@ -104,15 +107,27 @@ def load_network(owner: str, weight: WeightFile, build: Callable[[dict[str, Any]
                  for key, value in annotators.load_weights(owner, weight).items()}
         try:
             network = build(state)
-            network.load_state_dict(state, strict=True)
-        except (RuntimeError, KeyError, ValueError) as exc:
+            problem = _mismatch(network.load_state_dict(state, strict=False))
+        except KeyError as exc:
+            problem = f"it has no tensor {exc}"
+        except (RuntimeError, ValueError) as exc:  # shape mismatches
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            problem = lines[1] if len(lines) > 1 else lines[0]
+        if problem:
             raise ModelFormatError(
-                f"{owner!r}: {path} does not hold the weights it needs ({weight.filename} from "
-                f"{weight.source or 'its publisher'}): {str(exc).splitlines()[0]}"
-            ) from None
+                f"{owner!r}: {path} is not the {weight.filename} it needs (from "
+                f"{weight.source or 'its publisher'}): {problem}"
+            )
         return network.float().eval().requires_grad_(False).to(annotators.torch_device())
 
     return annotators.loaded(network_owner(weight), load)
+
+
+def _mismatch(result: Any) -> str:
+    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
+    problems = [f"{len(names)} {what} tensors, e.g. {', '.join(names[:3])}"
+                for what, names in (("missing", missing), ("unexpected", result.unexpected_keys)) if names]
+    return "; ".join(problems)
 
 
 def tensor_device(network: Any) -> Any:

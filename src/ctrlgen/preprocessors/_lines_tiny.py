@@ -1,28 +1,29 @@
 """Random-weight annotator files in the real formats, for testing the line and edge preprocessors.
 
-Each writer puts one file under its real name, with the real key names, dtype and
-container that the published file has, so the real loading code runs on it:
+Each writer puts one file under its real name, with the real key names, dtype and container
+of the published file, so that the real loading code runs on it:
 
-============================  ===========================================================
-``sk_model.pth``/``sk_model2``  informative-drawings ``Generator(3, 1, 3)``, full size, fp32
-``netG.pth``                   anime ``UnetGenerator`` (8 levels), ``module.`` keys; 4 channels
-                               instead of 64 (the loader reads the width from the file)
-``erika.pth``                  manga line network, widths 2..32 instead of 24..384 (read
-                               from the file as well)
-``ControlNetHED.pth``          ``ControlNetHED_Apache2``, full size, fp16 like the real file
-``table5_pidinet.pth``         ``{"epoch", "state_dict"}`` with ``module.`` keys, full size
-``mlsd_large_512_fp32.pth``    ``MobileV2_MLSD_Large``, full size, fp32
-============================  ===========================================================
+- ``sk_model.pth`` / ``sk_model2.pth``: ``Generator(3, 1, 3)`` state dicts, full size, fp32;
+- ``netG.pth``: the anime ``UnetGenerator`` (8 levels) with ``module.`` keys, 4 channels wide
+  instead of 64 (the loader reads the width from the file);
+- ``erika.pth``: the manga line network, widths 2..32 instead of 24..384 (read from the file);
+- ``ControlNetHED.pth``: ``ControlNetHED_Apache2``, full size, fp16 like the real file;
+- ``table5_pidinet.pth``: ``{"epoch", "state_dict"}`` with ``module.`` keys, full size;
+- ``mlsd_large_512_fp32.pth``: ``MobileV2_MLSD_Large``, full size, fp32.
 
-Writers are idempotent (an existing file is kept) and seeded, so every session writes the
-same weights; the global torch RNG is left as it was.
+Writers are seeded and idempotent (an existing file is kept), and leave the global torch RNG
+as it was. :func:`using_model_roots` points the model store at a folder for a while.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+ROOTS_VARIABLE = "CTRLGEN_MODEL_ROOTS"
 
 
 def _write(folder: Path, filename: str, seed: int, make: Callable[[], Any]) -> Path:
@@ -117,6 +118,37 @@ def write_mlsd(folder: Path) -> Path:
     def make():
         from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
 
-        return _randomise_batch_norms(MobileV2_MLSD_Large()).state_dict()
+        state = _randomise_batch_norms(MobileV2_MLSD_Large()).state_dict()
+        # A stronger head spreads the random centre scores and gives segments a few pixels long.
+        state["block23.conv3.weight"] = state["block23.conv3.weight"] * 10
+        return state
 
     return _write(folder, "mlsd_large_512_fp32.pth", 7, make)
+
+
+@contextmanager
+def using_model_roots(roots: str | None) -> Iterator[None]:
+    """Point the model store at ``roots`` (``CTRLGEN_MODEL_ROOTS``; None: unset) for a while.
+
+    Loaded annotator networks are dropped on entry and exit, so nothing loaded from one set
+    of roots is used with another; the variable and the store are restored on exit.
+    """
+    from ctrlgen.core import annotators
+
+    before = os.environ.get(ROOTS_VARIABLE)
+    _set_roots(roots)
+    annotators.unload()
+    annotators.reset_default_store()
+    try:
+        yield
+    finally:
+        _set_roots(before)
+        annotators.unload()
+        annotators.reset_default_store()
+
+
+def _set_roots(roots: str | None) -> None:
+    if roots is None:
+        os.environ.pop(ROOTS_VARIABLE, None)
+    else:
+        os.environ[ROOTS_VARIABLE] = roots

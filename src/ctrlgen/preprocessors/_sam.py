@@ -80,7 +80,8 @@ def build_sam(state: dict[str, Any], device: str = "cpu"):
     grid = cfg["img_size"] // cfg["patch_size"]
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=cfg["depth"], embed_dim=cfg["embed_dim"], img_size=cfg["img_size"], mlp_ratio=cfg["mlp_ratio"],
+            depth=cfg["depth"], embed_dim=cfg["embed_dim"], img_size=cfg["img_size"],
+            mlp_ratio=cfg["mlp_ratio"],
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=cfg["num_heads"],
             patch_size=cfg["patch_size"], qkv_bias=True, use_rel_pos=True,
             global_attn_indexes=cfg["global_attn_indexes"], window_size=cfg["window_size"],

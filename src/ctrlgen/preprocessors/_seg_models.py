@@ -34,7 +34,8 @@ class SegModel:
         return WeightFile(
             f"{self.repo}/model.safetensors",
             source=self.repo,
-            alternatives=(f"{self.repo}/pytorch_model.bin", f"{name}/model.safetensors", f"{name}/pytorch_model.bin"),
+            alternatives=(f"{self.repo}/pytorch_model.bin", f"{name}/model.safetensors",
+                          f"{name}/pytorch_model.bin"),
         )
 
 
@@ -49,8 +50,8 @@ def model_folder(owner: str, model: SegModel) -> Path:
     missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]
     if missing:
         raise ModelFormatError(
-            f"{folder} has the weights of {model.repo} but not {', '.join(missing)}; copy the whole repo folder "
-            f"(huggingface-cli download {model.repo})"
+            f"{folder} has the weights of {model.repo} but not {', '.join(missing)}; "
+            f"copy the whole repo folder (huggingface-cli download {model.repo})"
         )
     return folder
 

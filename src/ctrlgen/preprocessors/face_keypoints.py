@@ -29,7 +29,7 @@ PARAMS = (
     Param("min_confidence", "float", default=0.5, min=0.05, max=1.0, step=0.01,
           description="Detection score below which a face is ignored"),
     Param("det_size", "int", default=640, min=128, max=2048, step=32,
-          description="Square size the insightface detector runs at (InstantID: 640)"),
+          description="Square size the insightface detector runs at, a multiple of 32 (InstantID: 640)"),
 )
 
 
@@ -48,9 +48,11 @@ def run_face_keypoints(image, mask=None, *, detector: str, max_faces: int, min_c
                        det_size: int) -> PreprocessResult:
     height, width = image.shape[:2]
     if detector == "insightface":
-        faces = detect_scrfd(_scrfd(), image, det_size, min_confidence)
+        size = max(32, round(det_size / 32) * 32)  # SCRFD's feature pyramid needs a multiple of 32
+        faces = detect_scrfd(_scrfd(), image, size, min_confidence)
     else:
-        model = loaded(OWNER, lambda: load_mediapipe_detector(min_confidence), key=("mediapipe", min_confidence))
+        model = loaded(OWNER, lambda: load_mediapipe_detector(min_confidence),
+                       key=("mediapipe", min_confidence))
         faces = detect_mediapipe(model, image)
     faces = sorted(faces, key=lambda face: face.area, reverse=True)[:max_faces]
     canvas = draw_kps(height, width, [face.kps for face in faces])

@@ -93,12 +93,14 @@ def run_mediapipe_face(
         right, bottom = points.max(axis=0)
         if min((right - left) * work_w, (bottom - top) * work_h) < MIN_FACE_SIZE_PX:
             continue
-        mp.solutions.drawing_utils.draw_landmarks(canvas, landmarks, connections=styles[0].keys(),
-                                                  landmark_drawing_spec=None, connection_drawing_spec=styles[0])
+        mp.solutions.drawing_utils.draw_landmarks(
+            canvas, landmarks, connections=styles[0].keys(), landmark_drawing_spec=None,
+            connection_drawing_spec=styles[0])
         _draw_pupils(canvas, landmarks, styles[1])
         scaled = points * (width, height)
         faces.append({
-            "bbox": [round(float(v), 2) for v in (left * width, top * height, right * width, bottom * height)],
+            "bbox": [round(float(v), 2)
+                     for v in (left * width, top * height, right * width, bottom * height)],
             "landmarks": np.round(scaled, 2).tolist(),
         })
     return PreprocessResult(resize(canvas[:, :, ::-1], width, height), {"faces": faces})

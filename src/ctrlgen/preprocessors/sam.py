@@ -27,13 +27,15 @@ from ._seg_palettes import distinct_colors
 OWNER = "sam"
 _LOCK = threading.RLock()  # one predictor holds one image embedding at a time
 MODEL = Param("model", "choice", default="auto", choices=MODEL_CHOICES,
-              description="Checkpoint: vit_h (best), vit_l, vit_b (fastest); auto takes the first found in that order")
+              description="Checkpoint: vit_h (best), vit_l, vit_b (fastest); "
+                          "auto takes the first found in that order")
 
 SAM_PARAMS = (
     MODEL,
     Param("points", "str", default="", description="Clicks as JSON [[x, y, label], ...] in image pixels; "
                                                     "label 1 = on the object, 0 = not on it"),
-    Param("box", "str", default="", description="Box around the object as JSON [x0, y0, x1, y1] in image pixels"),
+    Param("box", "str", default="",
+          description="Box around the object as JSON [x0, y0, x1, y1] in image pixels"),
     Param("multimask", "bool", default=True,
           description="Predict three candidate masks and keep the best (good for one click); "
                       "off for several clicks or a box"),
@@ -84,11 +86,11 @@ def run_sam(image, mask=None, *, model: str, points: str, box: str, multimask: b
     frame = parse_box(box, width, height)
     source = "prompt"
     if not clicks and frame is None:
-        if mask is None or _box_of(mask > 127) is None:
+        framed = _box_of(mask > 127) if mask is not None else None
+        if framed is None:
             raise ParamError("sam needs a prompt: give points='[[x, y, 1]]' (a click on the object), "
                              "box='[x0, y0, x1, y1]', or a mask whose bounding box frames the object")
-        x0, y0, x1, y1 = _box_of(mask > 127)
-        frame, source = (float(x0), float(y0), float(x1), float(y1)), "mask_bbox"
+        frame, source = tuple(float(v) for v in framed), "mask_bbox"
     with _LOCK:
         masks, scores, _ = _predictor(model, image).predict(
             point_coords=np.array([c[:2] for c in clicks], np.float32) if clicks else None,
@@ -125,7 +127,8 @@ def run_sam_auto(image, mask=None, *, model: str, detect_resolution: int, points
     for rank, segment in enumerate(segments):
         x, y, w, h = segment["bbox"]  # XYWH in detector pixels
         listed.append({"id": rank + 1, "color": [int(c) for c in table[rank + 1]],
-                       "bbox": [round(x * sx, 2), round(y * sy, 2), round((x + w) * sx, 2), round((y + h) * sy, 2)],
+                       "bbox": [round(x * sx, 2), round(y * sy, 2),
+                                round((x + w) * sx, 2), round((y + h) * sy, 2)],
                        "area": int(round(segment["area"] * sx * sy)),
                        "predicted_iou": round(float(segment["predicted_iou"]), 6),
                        "stability_score": round(float(segment["stability_score"]), 6)})

@@ -21,7 +21,8 @@ from ctrlgen.core.plugins import hookimpl
 from ctrlgen.core.specs import Param, PreprocessorSpec, PreprocessResult
 
 DOWN_SAMPLING = Param("down_sampling_rate", "float", default=1.0, min=1.0, max=8.0, step=0.01,
-                      description="Shrink the picture by this factor before it is used (below 1.1: unchanged)")
+                      description="Shrink the picture by this factor before it is used "
+                                  "(below 1.1: unchanged)")
 VARIATION = Param("variation", "int", default=8, min=3, max=32, step=1,
                   description="Radius in latent pixels of the blur whose colours are held to the input's "
                               "(doubled in a high-res pass)")
