@@ -88,4 +88,24 @@ def test_param_schema_is_json_ready():
 
     data = json.loads(json.dumps(LOW.to_json()))
     assert data == {"name": "low_threshold", "type": "int", "default": 100, "min": 0, "max": 255,
-                    "step": None, "choices": [], "description": "low"}
+                    "step": None, "choices": [], "description": "low", "category": ""}
+
+
+def test_image_model_and_json_params():
+    image = Param("image", "image", description="reference")
+    assert image.validate("a.png") == "a.png"
+    with pytest.raises(ParamError, match="ip.image is empty; give an image reference"):
+        image.validate(" ", "ip")
+    model = Param("model", "model", category="ipadapter", description="weights")
+    assert model.to_json()["category"] == "ipadapter"
+
+    def two_numbers(value):
+        if not (isinstance(value, list) and len(value) == 2):
+            raise ValueError(f"expected [x, y], got {value!r}")
+
+    point = Param("point", "json", default=[0, 0], validator=two_numbers)
+    assert point.validate([3, 4]) == [3, 4]
+    with pytest.raises(ParamError, match=r"^sam.point: expected \[x, y\], got \[1\]$"):
+        point.validate([1], "sam")
+    with pytest.raises(ParamError, match="is not a JSON value"):
+        Param("blob", "json").validate(object())

@@ -46,6 +46,24 @@ class GenerationContext:
     call_kwargs: dict[str, Any]
     width: int
     height: int
+    # Called at the end of every denoising step as ``callback(pipe, step, timestep, tensors)``;
+    # a returned dict updates the loop's tensors (see diffusers' callback_on_step_end).
+    step_callbacks: list[Callable[..., Any]] = field(default_factory=list)
+
+    @property
+    def device(self) -> str:
+        return self.engine.device.device
+
+    @property
+    def dtype(self):
+        return self.engine.device.dtype
+
+    @property
+    def store(self):
+        return self.engine.store
+
+    def read_image(self, path: str, what: str = "image") -> np.ndarray:
+        return read_image(path, what)
 
 
 @dataclass
@@ -241,6 +259,25 @@ class Engine:
             units.append(PreparedUnit(index, entry, control, params, unit.preprocessor, pre_params))
         return units
 
+    def prepare_adapters(self, job: Job, architecture: str) -> list[tuple[Any, list[dict[str, Any]]]]:
+        """Validate ``job.adapters`` against each adapter's schema; grouped per adapter in the
+        order they first appear (an adapter gets all its uses in one ``attach`` call)."""
+        registry = get_registry("adapters")
+        groups: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+        for index, use in enumerate(job.adapters):
+            owner = f"adapters[{index}]"
+            if use.type.strip().lower() == "controlnet":
+                raise JobError(f"{owner}: ControlNet units go in the job's `control` list, not in `adapters`")
+            spec = registry.get(use.type)
+            if architecture not in spec.architectures:
+                raise JobError(
+                    f"{owner}: adapter {spec.name!r} supports {', '.join(spec.architectures)}, "
+                    f"not this {architecture} checkpoint"
+                )
+            params = validate_params(spec.params, use.params(), f"{owner} ({spec.name})")
+            groups.setdefault(spec.name, (spec, []))[1].append(params)
+        return list(groups.values())
+
     # -- running ------------------------------------------------------------------
     def run(
         self,
@@ -281,6 +318,7 @@ class Engine:
         entry = self.resolve_checkpoint(job)
         architecture = entry.identity.architecture
         units = self.prepare_units(job, architecture)
+        adapters = self.prepare_adapters(job, architecture)
         base = self.load_pipeline(entry)
         from .samplers import make_scheduler
 
@@ -315,6 +353,8 @@ class Engine:
             if stage != current_stage[0]:
                 current_stage[0] = stage
                 tensors.update(_stage_tensors(pipe, plan, stage))
+            for callback in context.step_callbacks:
+                tensors.update(callback(pipe, step, timestep, tensors) or {})
             emit("progress", step=step + 1, total=total)
             if cancel is not None and cancel.is_set():
                 pipe._interrupt = True
@@ -324,9 +364,11 @@ class Engine:
             if units:
                 adapter = get_registry("adapters").get("controlnet")
                 stack.enter_context(adapter.attach(context, units))
+            for spec, uses in adapters:
+                stack.enter_context(spec.attach(context, uses))
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled before it started")
-            inputs = ["prompt_embeds"] + (["add_text_embeds"] if "pooled_prompt_embeds" in call_kwargs else [])
+            inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if "pooled_prompt_embeds" in call_kwargs else [])
             output = context.pipeline(**context.call_kwargs, callback_on_step_end=on_step_end,
                                       callback_on_step_end_tensor_inputs=inputs)
         if cancel is not None and cancel.is_set():

@@ -46,6 +46,18 @@ class ControlUnit(BaseModel):
         return dict(self.model_extra or {})
 
 
+class AdapterUse(BaseModel):
+    """One use of an adapter (IP-Adapter, reference-only, ...): ``type`` names a registered
+    adapter; every other field is one of its params (validated against its Param schema)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Adapter name, as `ctrlgen plugins --all` lists it")
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Job(BaseModel):
     """A generation request."""
 
@@ -65,6 +77,7 @@ class Job(BaseModel):
     batch_size: int = Field(default=1, ge=1, le=16)
     image: str | None = Field(default=None, description="Input image path (the control source)")
     control: list[ControlUnit] = Field(default_factory=list)
+    adapters: list[AdapterUse] = Field(default_factory=list)
 
     @field_validator("sampler")
     @classmethod

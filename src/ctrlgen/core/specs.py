@@ -8,6 +8,7 @@ and the server can validate a request before anything touches a GPU.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -17,8 +18,8 @@ from typing import Any, Literal
 
 from .errors import ParamError
 
-ParamType = Literal["int", "float", "bool", "str", "choice"]
-_PARAM_TYPES = ("int", "float", "bool", "str", "choice")
+ParamType = Literal["int", "float", "bool", "str", "choice", "image", "model", "json"]
+_PARAM_TYPES = ("int", "float", "bool", "str", "choice", "image", "model", "json")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_+.]*$")
 
 
@@ -39,8 +40,12 @@ def normalize_name(name: str) -> str:
 class Param:
     """One user-settable parameter, described as data.
 
-    ``type`` is one of ``int``, ``float``, ``bool``, ``str``, ``choice``; ``choice``
-    requires ``choices``. ``min``/``max`` bound numbers; ``step`` is a UI hint.
+    ``type`` is one of ``int``, ``float``, ``bool``, ``str``, ``choice`` (requires
+    ``choices``), ``image`` (an image path or uploaded image id), ``model`` (a model-store
+    reference; ``category`` says which kind, e.g. ``ipadapter``) or ``json`` (any JSON
+    value: lists of points, boxes, per-block scales). ``min``/``max`` bound numbers;
+    ``step`` is a UI hint. ``validator`` (optional) checks a ``json`` value further and
+    raises ``ValueError`` with a message naming what is wrong.
     """
 
     name: str
@@ -51,6 +56,8 @@ class Param:
     step: float | None = None
     choices: tuple[Any, ...] = ()
     description: str = ""
+    category: str = ""
+    validator: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.type not in _PARAM_TYPES:
@@ -86,8 +93,22 @@ class Param:
                     return choice
             options = ", ".join(repr(c) for c in self.choices)
             raise ParamError(f"{label}={value!r} is not one of the choices: {options}")
+        if self.type == "json":
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ParamError(f"{label}={value!r} is not a JSON value (lists, numbers, strings)") from None
+            if self.validator is not None:
+                try:
+                    result = self.validator(value)
+                except (TypeError, ValueError) as exc:
+                    raise ParamError(f"{label}: {exc}") from None
+                return value if result is None else result
+            return value
         if not isinstance(value, str):
             raise ParamError(f"{label}={value!r} must be a string")
+        if self.type in ("image", "model") and not value.strip():
+            raise ParamError(f"{label} is empty; give {'an image' if self.type == 'image' else 'a model'} reference")
         return value
 
     def _describe_range(self) -> str:
@@ -110,6 +131,7 @@ class Param:
             "step": self.step,
             "choices": list(self.choices),
             "description": self.description,
+            "category": self.category,
         }
 
 

@@ -43,7 +43,7 @@ def run_canny(
     if invert:
         edges = 255 - edges
     edges = resize(edges, width, height) if edges.shape[:2] != (height, width) else edges
-    return np.repeat(edges[:, :, None], 3, axis=2)
+    return cv2.cvtColor(edges, cv2.COLOR_GRAY2RGB)  # far cheaper than np.repeat on big images
 
 
 @hookimpl

@@ -1,0 +1,110 @@
+"""The engine's adapter path: a third-party adapter plugin attached through `job.adapters`."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ctrlgen.core.engine import Engine
+from ctrlgen.core.errors import CancelledError, CtrlgenError
+from ctrlgen.core.jobs import parse_job
+from ctrlgen.core.models import ModelStore
+from ctrlgen.core.specs import ModelRoot
+
+SCALER = """
+import contextlib
+from ctrlgen import hookimpl, AdapterSpec, Param
+
+log = []
+
+@contextlib.contextmanager
+def attach(context, uses):
+    log.append(("enter", [u["latent_scale"] for u in uses]))
+    factor = 1.0
+    for use in uses:
+        factor *= use["latent_scale"]
+
+    def scale(pipe, step, timestep, tensors):
+        log.append(("step", step))
+        return {"latents": tensors["latents"] * factor}
+
+    context.step_callbacks.append(scale)
+    try:
+        yield
+    finally:
+        context.step_callbacks.remove(scale)
+        log.append(("exit",))
+
+@hookimpl
+def ctrlgen_adapters():
+    yield AdapterSpec(name="latent_scaler", attach=attach, description="scales latents each step",
+                      params=(Param("latent_scale", "float", default=1.0, min=0.5, max=2.0, description="factor"),),
+                      architectures=("sd15",))
+"""
+
+
+@pytest.fixture
+def scaler(make_distribution):
+    make_distribution("ctrlgen-scaler", "0.1", {"scaler": "cg_scaler"}, {"cg_scaler": SCALER})
+    import cg_scaler
+
+    cg_scaler.log.clear()
+    return cg_scaler.log
+
+
+@pytest.fixture
+def engine(tiny_model_root):
+    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+
+
+def job(**extra):
+    return parse_job({"model": "tiny-sd15", "prompt": "a cat", "seed": 2, "steps": 3, "width": 64, "height": 64,
+                      **extra})
+
+
+def test_adapter_uses_are_grouped_attached_and_detached(scaler, engine, torch_single_thread):
+    plain = np.asarray(engine.run(job()).images[0])
+    neutral = np.asarray(engine.run(job(adapters=[{"type": "latent_scaler"}])).images[0])
+    assert np.array_equal(plain, neutral)
+    scaler.clear()
+    uses = [{"type": "latent_scaler", "latent_scale": 1.5}, {"type": "Latent Scaler", "latent_scale": "0.9"}]
+    scaled = np.asarray(engine.run(job(adapters=uses)).images[0])
+    assert scaler == [("enter", [1.5, 0.9]), ("step", 0), ("step", 1), ("step", 2), ("exit",)]
+    assert not np.array_equal(scaled, plain)
+    assert np.array_equal(np.asarray(engine.run(job()).images[0]), plain)  # nothing left behind
+
+
+def test_adapter_detaches_on_cancel(scaler, engine, torch_single_thread):
+    cancel = threading.Event()
+
+    def stop(event):
+        if event.kind == "progress":
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        engine.run(job(adapters=[{"type": "latent_scaler", "latent_scale": 1.2}]), on_event=stop, cancel=cancel)
+    assert scaler[0][0] == "enter" and scaler[-1] == ("exit",)
+
+
+@pytest.mark.parametrize(
+    ("adapters", "message"),
+    [
+        ([{"type": "no_such_adapter"}], "Unknown adapter 'no_such_adapter'"),
+        ([{"type": "latent_scaler", "latent_scale": 3}], "adapters[0] (latent_scaler).latent_scale=3.0 is above"),
+        ([{"type": "latent_scaler", "strength": 1}], "has no parameter 'strength'"),
+        ([{"type": "controlnet"}], "ControlNet units go in the job's `control` list"),
+    ],
+)
+def test_bad_adapter_uses_are_refused_before_loading(scaler, engine, adapters, message):
+    with pytest.raises(CtrlgenError) as info:
+        engine.run(job(adapters=adapters))
+    assert message in str(info.value)
+    assert scaler == []
+
+
+def test_architecture_mismatch_is_refused(scaler, engine):
+    with pytest.raises(CtrlgenError, match="supports sd15, not this sdxl checkpoint"):
+        engine.run(parse_job({"model": "tiny-sdxl", "prompt": "x", "steps": 1, "width": 64, "height": 64,
+                              "adapters": [{"type": "latent_scaler"}]}))
