@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -102,8 +103,8 @@ def main(argv=None) -> list[dict]:
             start = time.perf_counter()
             preprocess(name, image, **params)
             first = time.perf_counter() - start
-            second = median_seconds(lambda: preprocess(name, image, **params), repeat=args.repeat, warmup=0)
-            baseline = median_seconds(lambda: direct(image), repeat=args.repeat)
+            second = median_seconds(partial(preprocess, name, image, **params), repeat=args.repeat, warmup=0)
+            baseline = median_seconds(partial(direct, image), repeat=args.repeat)
             rows.append({"preprocessor": name, "size": f"{size}²", "ctrlgen_s": second, "direct_s": baseline,
                          "ratio": second / baseline, "first_call_s": first, "second/first": second / first})
     report("Preprocessors (median seconds; ratio = ctrlgen / direct call, target <= 1.10)", rows, args.json)

@@ -101,7 +101,7 @@ def test_schedule_is_well_formed(prompt, steps):
     schedule = prompt_schedule(prompt, steps)
     ends = [end for end, _ in schedule]
     assert ends == sorted(set(ends)) and ends[-1] == steps
-    assert all(a != b for (_, a), (_, b) in zip(schedule, schedule[1:]))
+    assert all(a != b for (_, a), (_, b) in zip(schedule, schedule[1:], strict=False))
 
 
 @given(PLAIN, PLAIN, st.integers(min_value=2, max_value=40), st.data())
