@@ -46,6 +46,10 @@ class GenerationContext:
     call_kwargs: dict[str, Any]
     width: int
     height: int
+    # The prompt texts to encode; an adapter may rewrite them before encoding (A1111's
+    # <lora:name:weight> tags are taken out of the prompt by the LoRA adapter, for example).
+    prompt: str = ""
+    negative_prompt: str = ""
     # Called at the end of every denoising step as ``callback(pipe, step, timestep, tensors)``;
     # a returned dict updates the loop's tensors (see diffusers' callback_on_step_end).
     step_callbacks: list[Callable[..., Any]] = field(default_factory=list)
@@ -331,9 +335,7 @@ class Engine:
         pipeline.set_progress_bar_config(disable=True)
         from .conditioning import plan_prompts
 
-        plan = plan_prompts(pipeline, job.prompt, job.negative_prompt, job.steps, job.batch_size, job.clip_skip)
         call_kwargs: dict[str, Any] = dict(
-            **plan.call_kwargs(0),
             num_inference_steps=job.steps,
             guidance_scale=job.cfg_scale,
             width=width,
@@ -342,9 +344,10 @@ class Engine:
             generator=generators,
             output_type="np",
         )
-        context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height)
+        context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height,
+                                    prompt=job.prompt, negative_prompt=job.negative_prompt)
         total = job.steps
-
+        plan = None
         current_stage = [0]
 
         def on_step_end(pipe, step, timestep, tensors):
@@ -368,7 +371,13 @@ class Engine:
                 stack.enter_context(spec.attach(context, uses))
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled before it started")
-            inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if "pooled_prompt_embeds" in call_kwargs else [])
+            # Encode after the adapters are attached: LoRAs change the text encoder, textual
+            # inversions add tokens, and adapters may rewrite the prompt (<lora:name:0.8>).
+            plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, job.steps,
+                                job.batch_size, job.clip_skip)
+            context.call_kwargs.update(plan.call_kwargs(0))
+            pooled = "pooled_prompt_embeds" in context.call_kwargs
+            inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if pooled else [])
             output = context.pipeline(**context.call_kwargs, callback_on_step_end=on_step_end,
                                       callback_on_step_end_tensor_inputs=inputs)
         if cancel is not None and cancel.is_set():
