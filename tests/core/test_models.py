@@ -411,7 +411,7 @@ def test_find_file_finds_annotator_weights_by_conventional_name(tmp_path):
     message = str(caught.value)
     assert "'dpt_hybrid-midas-501f0c75.pt' was not found (annotators)" in message
     assert "It is published at lllyasviel/Annotators" in message
-    assert "`ctrlgen models pull lllyasviel/Annotators`" in message
+    assert "`ctrlgen models pull lllyasviel/Annotators dpt_hybrid-midas-501f0c75.pt`" in message  # one file
     assert str(a1111 / "extensions/sd-webui-controlnet/annotator/downloads") in message
 
 

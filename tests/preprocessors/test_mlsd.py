@@ -5,20 +5,17 @@ variant on shapes with known straight edges and on a photo."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from conftest import annotator_downloads
-from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.preprocessors._lines_tiny import using_model_roots
 from ctrlgen.testing.contracts import PreprocessorContract
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-USER_MODEL_ROOTS = os.environ.get("CTRLGEN_MODEL_ROOTS")  # as the session had it, for ``weights`` tests
 SMALL = {"detect_resolution": 64}
 QUADRILATERAL = np.array([[40, 50], [200, 30], [230, 190], [90, 220]], np.float64)
 
@@ -182,20 +179,6 @@ def test_missing_weight_is_a_clear_error(tmp_path, photo):
     with using_model_roots(str(tmp_path)), pytest.raises(ModelNotFoundError) as info:
         preprocess("mlsd", photo, **SMALL)
     assert "mlsd_large_512_fp32.pth" in str(info.value) and str(tmp_path) in str(info.value)
-
-
-@pytest.fixture
-def real_weight():
-    """Find a real weight file in the user's model store, or skip the test."""
-    with using_model_roots(USER_MODEL_ROOTS):
-
-        def find(weight):
-            try:
-                return annotators.default_store().find_weight(weight)
-            except ModelNotFoundError:
-                pytest.skip(f"the real {weight.filename} is not in the model store (get it from {weight.source})")
-
-        yield find
 
 
 @pytest.mark.weights

@@ -4,20 +4,16 @@ and photos."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from conftest import annotator_downloads
-from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.preprocessors._lines_tiny import using_model_roots
 from ctrlgen.testing.contracts import PreprocessorContract
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-USER_MODEL_ROOTS = os.environ.get("CTRLGEN_MODEL_ROOTS")  # as the session had it, for ``weights`` tests
 SMALL = {"detect_resolution": 64}
 UPSTREAM_SIZE = {"detect_resolution": 64, "image_resolution": 64, "output_type": "np", "scribble": True}
 
@@ -143,20 +139,6 @@ def test_xdog_is_sd_webui_controlnets_formula_without_its_uint8_wrap(astronaut):
 def test_missing_weight_is_a_clear_error(tmp_path, photo):
     with using_model_roots(str(tmp_path)), pytest.raises(ModelNotFoundError, match="ControlNetHED.pth"):
         preprocess("scribble_hed", photo, **SMALL)
-
-
-@pytest.fixture
-def real_weight():
-    """Find a real weight file in the user's model store, or skip the test."""
-    with using_model_roots(USER_MODEL_ROOTS):
-
-        def find(weight):
-            try:
-                return annotators.default_store().find_weight(weight)
-            except ModelNotFoundError:
-                pytest.skip(f"the real {weight.filename} is not in the model store (get it from {weight.source})")
-
-        yield find
 
 
 @pytest.mark.weights

@@ -4,8 +4,6 @@ weights; the real files, where present, in ``weights`` tests."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -17,7 +15,6 @@ from ctrlgen.preprocessors._lines_tiny import using_model_roots
 from ctrlgen.testing.contracts import PreprocessorContract
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-USER_MODEL_ROOTS = os.environ.get("CTRLGEN_MODEL_ROOTS")  # as the session had it, for ``weights`` tests
 
 SMALL = {"detect_resolution": 64}
 UPSTREAM_SIZE = {"detect_resolution": 64, "image_resolution": 64, "output_type": "np"}
@@ -149,20 +146,6 @@ def test_a_file_of_the_wrong_network_is_a_clear_error(tmp_path, photo, softedge_
     message = str(info.value)
     assert "softedge_hed" in message and "ControlNetHED.pth is not the ControlNetHED.pth it needs" in message
     assert "lllyasviel/Annotators" in message and "37 missing tensors, e.g. norm, block1.convs.0.weight" in message
-
-
-@pytest.fixture
-def real_weight():
-    """Find a real weight file in the user's model store, or skip the test."""
-    with using_model_roots(USER_MODEL_ROOTS):
-
-        def find(weight):
-            try:
-                return annotators.default_store().find_weight(weight)
-            except ModelNotFoundError:
-                pytest.skip(f"the real {weight.filename} is not in the model store (get it from {weight.source})")
-
-        yield find
 
 
 @pytest.mark.weights

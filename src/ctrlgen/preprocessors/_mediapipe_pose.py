@@ -152,25 +152,32 @@ def _body(landmarks: np.ndarray, width: int, height: int, min_confidence: float)
     return [point(index) for index in POSE_TO_OPENPOSE]
 
 
-def _hands(models: Models, image: np.ndarray, box: Box, landmarks: np.ndarray):
-    """(left, right) hands whose wrist is the body's (mediapipe's handedness assumes a selfie)."""
-    height, width = image.shape[:2]
+def _hand_candidates(models: Models, image: np.ndarray, box: Box) -> list[np.ndarray]:
     result = models.get("hands").process(_crop(image, box))
-    wrists = {"left": landmarks[15, :2], "right": landmarks[16, :2]}
+    return [_landmarks(hand, box)[:, :2] for hand in result.multi_hand_landmarks or []]
+
+
+def _assign_hands(found: list[tuple[np.ndarray, list[np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+    """Each hand to the body whose wrist it starts at (mediapipe's handedness assumes a selfie).
+
+    A hand seen in several people's crops is the same hand: it goes to the nearest wrist only.
+    """
     pairs = []
-    for hand in result.multi_hand_landmarks or []:
-        points = _landmarks(hand, box)[:, :2]
-        reach = float(np.hypot(*np.ptp(points, axis=0)))  # the hand's own size
-        for side, wrist in wrists.items():
-            distance = float(np.hypot(*(points[0] - wrist)))
-            if distance <= reach:
-                pairs.append((distance, side, points))
-    chosen: dict[str, list] = {}
-    for _, side, points in sorted(pairs, key=lambda item: item[0]):
-        if side not in chosen and not any(points is taken for taken in chosen.values()):
-            chosen[side] = points
-    return tuple(None if side not in chosen else
-                 [(float(x) / width, float(y) / height) for x, y in chosen[side]] for side in ("left", "right"))
+    for person, (landmarks, hands) in enumerate(found):
+        for hand in hands:
+            size = float(np.hypot(*np.ptp(hand, axis=0)))
+            for side, wrist in (("left", landmarks[15, :2]), ("right", landmarks[16, :2])):
+                distance = float(np.hypot(*(hand[0] - wrist)))
+                if distance <= 0.8 * size:
+                    pairs.append((distance, person, side, hand, size))
+    chosen: list[dict[str, np.ndarray]] = [{} for _ in found]
+    taken: list[tuple[np.ndarray, float]] = []
+    for _, person, side, hand, size in sorted(pairs, key=lambda pair: pair[0]):
+        if side in chosen[person] or any(np.hypot(*(hand[0] - other)) < 0.3 * max(size, s) for other, s in taken):
+            continue
+        chosen[person][side] = hand
+        taken.append((hand[0], size))
+    return chosen
 
 
 def _face(models: Models, image: np.ndarray, landmarks: np.ndarray, min_confidence: float) -> list | None:
@@ -210,11 +217,15 @@ def detect(models: Models, image: np.ndarray, *, max_people: int, min_confidence
             match = _pose_for_face(models, image, face_box)
             if match is not None and not any(np.hypot(*(match[0][0, :2] - lm[0, :2])) < 4 for lm, _ in found):
                 found.append(match)
+    hands_by_person = _assign_hands([(landmarks, _hand_candidates(models, image, box) if hands else [])
+                                     for landmarks, box in found])
     people = []
-    for landmarks, box in found:
+    for (landmarks, _), person_hands in zip(found, hands_by_person, strict=True):
         person = Person(body=_body(landmarks, width, height, min_confidence))
         if hands:
-            person.left_hand, person.right_hand = _hands(models, image, box, landmarks)
+            person.left_hand, person.right_hand = (
+                None if side not in person_hands else
+                [(float(x) / width, float(y) / height) for x, y in person_hands[side]] for side in ("left", "right"))
         if face:
             person.face = _face(models, image, landmarks, min_confidence)
         people.append(person)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Literal
 
 import numpy as np
@@ -169,11 +170,11 @@ def pose_result(people: Sequence[Person], width: int, height: int, line_scale: f
                 body: bool = True, hands: bool = True, face: bool = True) -> PreprocessResult:
     """The preprocessor result: the map is :func:`render_openpose` of the returned JSON."""
     pose_json = to_openpose_json(people, width, height, line_scale, body=body, hands=hands, face=face)
-    return PreprocessResult(render_openpose(pose_json), pose_json)
+    return PreprocessResult(render_openpose(pose_json, coordinates="pixels"), pose_json)
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise PoseJSONError(f"{where} is {value!r}; keypoint values must be finite numbers")
     return float(value)
 
@@ -182,7 +183,7 @@ def _canvas_size(pose_json: Mapping[str, Any], key: str, given: int | None) -> i
     value = pose_json.get(key)
     if value is None:
         return given
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 16384:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 1 <= value <= 16384:
         raise PoseJSONError(f"{key}={value!r} is not a size in pixels (a whole number from 1 to 16384)")
     return int(value)
 

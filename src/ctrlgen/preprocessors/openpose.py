@@ -38,14 +38,26 @@ VARIANTS = {
 }
 
 
-def _network(weight: WeightFile, net_class, strip_first_key_part: bool):
+def _upstream(module: str):
+    """A controlnet-aux module; importing the package imports all its detectors, which warn."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(f"controlnet_aux.open_pose.{module}")
+
+
+def _network(weight: WeightFile, net_class_name: str, strip_first_key_part: bool):
     """controlnet-aux's network class holding the state dict of ``weight`` from the store."""
+    path = weight_path(OWNER, weight)  # a missing file is reported before any heavy import
     import torch
 
     from ctrlgen.core.architecture import load_state_dict
     from ctrlgen.core.errors import ModelFormatError
 
-    path = weight_path(OWNER, weight)
+    module = "face" if net_class_name == "FaceNet" else "model"
+    net_class = getattr(_upstream(module), net_class_name)
     state = load_state_dict(path, allow_pickle=True)
     with torch.device("meta"):  # no random init of ~50M parameters that are overwritten anyway
         net = net_class()
@@ -63,44 +75,32 @@ def _network(weight: WeightFile, net_class, strip_first_key_part: bool):
     return net.to(torch_device()).eval()
 
 
-def _body():
+def _estimator(kind: str, weight: WeightFile, net_class_name: str, strip_first_key_part: bool):
+    """controlnet-aux's Body/Hand/Face around our network, loaded once."""
     def load():
-        from controlnet_aux.open_pose.body import Body
-        from controlnet_aux.open_pose.model import bodypose_model
+        net = _network(weight, net_class_name, strip_first_key_part)
+        estimator_class = getattr(_upstream(kind), kind.capitalize())
+        estimator = estimator_class.__new__(estimator_class)  # its __init__ would torch.load a path itself
+        estimator.model = net
+        return estimator
 
-        body = Body.__new__(Body)  # its __init__ would torch.load a path itself
-        body.model = _network(BODY, bodypose_model, strip_first_key_part=True)
-        return body
+    return loaded(OWNER, load, key=kind)
 
-    return loaded(OWNER, load, key="body")
+
+def _body():
+    return _estimator("body", BODY, "bodypose_model", strip_first_key_part=True)
 
 
 def _hand():
-    def load():
-        from controlnet_aux.open_pose.hand import Hand
-        from controlnet_aux.open_pose.model import handpose_model
-
-        hand = Hand.__new__(Hand)
-        hand.model = _network(HAND, handpose_model, strip_first_key_part=True)
-        return hand
-
-    return loaded(OWNER, load, key="hand")
+    return _estimator("hand", HAND, "handpose_model", strip_first_key_part=True)
 
 
 def _face():
-    def load():
-        from controlnet_aux.open_pose.face import Face, FaceNet
-
-        face = Face.__new__(Face)
-        face.model = _network(FACE, FaceNet, strip_first_key_part=False)
-        return face
-
-    return loaded(OWNER, load, key="face")
+    return _estimator("face", FACE, "FaceNet", strip_first_key_part=False)
 
 
 def _face_points(found, bgr: np.ndarray) -> list | None:
-    from controlnet_aux.open_pose import util
-
+    util = _upstream("util")
     box = util.faceDetect(found, bgr)
     if box is None:
         return None
@@ -120,8 +120,7 @@ def _face_points(found, bgr: np.ndarray) -> list | None:
 
 
 def _hand_points(found, bgr: np.ndarray) -> tuple[list | None, list | None]:
-    from controlnet_aux.open_pose import util
-
+    util = _upstream("util")
     height, width = bgr.shape[:2]
     hands: dict[bool, list] = {}
     for x, y, size, is_left in util.handDetect(found, bgr):
@@ -139,6 +138,10 @@ def detect_people(image: np.ndarray, *, hands: bool, face: bool, detect_resoluti
     det_w, det_h = detection_size(width, height, detect_resolution)
     bgr = np.ascontiguousarray(resize(image, det_w, det_h)[:, :, ::-1])  # the CMU networks read BGR
     body = _body()
+    if hands:
+        _hand()  # load every network before detecting: a missing file fails fast
+    if face:
+        _face()
     people = []
     with torch.no_grad():
         candidate, subset = body(bgr)
