@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ctrlgen.core import annotators
+from ctrlgen.testing.roots import annotator_downloads  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +24,6 @@ def annotator_root(tmp_path_factory) -> Path:
     (root / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads").mkdir(parents=True)
     return root
 
-
-def annotator_downloads(root: Path, family: str) -> Path:
-    """``<root>/extensions/sd-webui-controlnet/annotator/downloads/<family>`` (created)."""
-    folder = root / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads" / family
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture

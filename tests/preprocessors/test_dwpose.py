@@ -16,13 +16,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import annotator_downloads
 from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.preprocessors import _dwpose, dwpose
 from ctrlgen.preprocessors.openpose import render_openpose
 from ctrlgen.testing.contracts import PreprocessorContract
+from ctrlgen.testing.roots import annotator_downloads
 
 ANCHORS = 8400
 SMALL = {"detect_resolution": 128}

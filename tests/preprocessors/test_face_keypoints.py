@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from conftest import annotator_downloads
 from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
+from ctrlgen.testing.roots import annotator_downloads
 
 FACE = (170, 60, 280, 180)  # the astronaut's face, x0, y0, x1, y1
 # Faces in insightface's t1.jpg that MediaPipe's full-range detector finds (boxes by eye, generous)

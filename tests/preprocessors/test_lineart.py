@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import annotator_downloads
 from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors._lines_tiny import using_model_roots
 from ctrlgen.testing.contracts import PreprocessorContract
+from ctrlgen.testing.roots import annotator_downloads, using_model_roots
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 SMALL = {"detect_resolution": 64}
@@ -21,14 +20,14 @@ NETWORK_VARIANTS = ("lineart_realistic", "lineart_coarse", "lineart_anime", "lin
 
 @pytest.fixture(scope="module")
 def lineart_weights(annotator_root):
-    from ctrlgen.preprocessors import _lines_tiny
+    from ctrlgen.testing import tiny_lines
 
-    realistic, coarse = _lines_tiny.write_lineart(annotator_downloads(annotator_root, "lineart"))
+    realistic, coarse = tiny_lines.write_lineart(annotator_downloads(annotator_root, "lineart"))
     return {
         "lineart_realistic": realistic,
         "lineart_coarse": coarse,
-        "lineart_anime": _lines_tiny.write_lineart_anime(annotator_downloads(annotator_root, "lineart_anime")),
-        "lineart_anime_denoise": _lines_tiny.write_manga_line(annotator_downloads(annotator_root, "manga_line")),
+        "lineart_anime": tiny_lines.write_lineart_anime(annotator_downloads(annotator_root, "lineart_anime")),
+        "lineart_anime_denoise": tiny_lines.write_manga_line(annotator_downloads(annotator_root, "manga_line")),
     }
 
 

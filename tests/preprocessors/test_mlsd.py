@@ -9,11 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import annotator_downloads
 from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors._lines_tiny import using_model_roots
 from ctrlgen.testing.contracts import PreprocessorContract
+from ctrlgen.testing.roots import annotator_downloads, using_model_roots
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 SMALL = {"detect_resolution": 64}
@@ -22,9 +21,9 @@ QUADRILATERAL = np.array([[40, 50], [200, 30], [230, 190], [90, 220]], np.float6
 
 @pytest.fixture(scope="module")
 def mlsd_weight(annotator_root):
-    from ctrlgen.preprocessors import _lines_tiny
+    from ctrlgen.testing import tiny_lines
 
-    return _lines_tiny.write_mlsd(annotator_downloads(annotator_root, "mlsd"))
+    return tiny_lines.write_mlsd(annotator_downloads(annotator_root, "mlsd"))
 
 
 @pytest.fixture(scope="module")

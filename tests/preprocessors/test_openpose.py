@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import annotator_downloads
 from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.preprocessors import openpose
 from ctrlgen.preprocessors.openpose import render_openpose
 from ctrlgen.testing.contracts import PreprocessorContract, contract_image
+from ctrlgen.testing.roots import annotator_downloads
 
 SMALL = {"detect_resolution": 128}
 

@@ -9,11 +9,11 @@ from functools import partial
 import numpy as np
 import pytest
 
-from conftest import annotator_downloads
 from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError, ParamError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
+from ctrlgen.testing.roots import annotator_downloads
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import annotator_downloads
 from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors._lines_tiny import using_model_roots
 from ctrlgen.testing.contracts import PreprocessorContract
+from ctrlgen.testing.roots import annotator_downloads, using_model_roots
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 SMALL = {"detect_resolution": 64}
@@ -20,11 +19,11 @@ UPSTREAM_SIZE = {"detect_resolution": 64, "image_resolution": 64, "output_type":
 
 @pytest.fixture(scope="module")
 def edge_weights(annotator_root):
-    from ctrlgen.preprocessors import _lines_tiny
+    from ctrlgen.testing import tiny_lines
 
     return {
-        "hed": _lines_tiny.write_hed(annotator_downloads(annotator_root, "hed")),
-        "pidinet": _lines_tiny.write_pidinet(annotator_downloads(annotator_root, "pidinet")),
+        "hed": tiny_lines.write_hed(annotator_downloads(annotator_root, "hed")),
+        "pidinet": tiny_lines.write_pidinet(annotator_downloads(annotator_root, "pidinet")),
     }
 
 

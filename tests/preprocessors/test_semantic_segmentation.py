@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import annotator_downloads
 from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.preprocessors._seg_palettes import ADE20K_COLORS, ADE20K_NAMES, COCO_COLORS, COCO_NAMES, colorize
 from ctrlgen.testing.contracts import PreprocessorContract
+from ctrlgen.testing.roots import annotator_downloads
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -12,14 +12,12 @@ of the published file, so that the real loading code runs on it:
 - ``mlsd_large_512_fp32.pth``: ``MobileV2_MLSD_Large``, full size, fp32.
 
 Writers are seeded and idempotent (an existing file is kept), and leave the global torch RNG
-as it was. :func:`using_model_roots` points the model store at a folder for a while.
+as it was. (:func:`ctrlgen.testing.roots.using_model_roots` points the store at such a folder.)
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +80,7 @@ def write_lineart_anime(folder: Path, width: int = 4) -> Path:
 
 def write_manga_line(folder: Path, widths: tuple[int, ...] = (2, 4, 8, 16, 32), head: int = 2) -> Path:
     def make():
-        from ._lines_manga import manga_line_network
+        from ctrlgen.preprocessors._lines_manga import manga_line_network
 
         state = _randomise_batch_norms(manga_line_network(widths, head)).state_dict()
         # The network maps 0..255 grey to 0..255; spread the random output over that range.
@@ -124,31 +122,3 @@ def write_mlsd(folder: Path) -> Path:
         return state
 
     return _write(folder, "mlsd_large_512_fp32.pth", 7, make)
-
-
-@contextmanager
-def using_model_roots(roots: str | None) -> Iterator[None]:
-    """Point the model store at ``roots`` (``CTRLGEN_MODEL_ROOTS``; None: unset) for a while.
-
-    Loaded annotator networks are dropped on entry and exit, so nothing loaded from one set
-    of roots is used with another; the variable and the store are restored on exit.
-    """
-    from ctrlgen.core import annotators
-
-    before = os.environ.get(ROOTS_VARIABLE)
-    _set_roots(roots)
-    annotators.unload()
-    annotators.reset_default_store()
-    try:
-        yield
-    finally:
-        _set_roots(before)
-        annotators.unload()
-        annotators.reset_default_store()
-
-
-def _set_roots(roots: str | None) -> None:
-    if roots is None:
-        os.environ.pop(ROOTS_VARIABLE, None)
-    else:
-        os.environ[ROOTS_VARIABLE] = roots
