@@ -40,7 +40,8 @@ def attach(context, uses):
 @hookimpl
 def ctrlgen_adapters():
     yield AdapterSpec(name="latent_scaler", attach=attach, description="scales latents each step",
-                      params=(Param("latent_scale", "float", default=1.0, min=0.5, max=2.0, description="factor"),),
+                      params=(Param("latent_scale", "float", default=1.0, min=0.5, max=2.0, description="factor"),
+                              Param("reference", "image", description="optional picture")),
                       architectures=("sd15",))
 """
 
@@ -108,3 +109,22 @@ def test_architecture_mismatch_is_refused(scaler, engine):
     with pytest.raises(CtrlgenError, match="supports sd15, not this sdxl checkpoint"):
         engine.run(parse_job({"model": "tiny-sdxl", "prompt": "x", "steps": 1, "width": 64, "height": 64,
                               "adapters": [{"type": "latent_scaler"}]}))
+
+
+def test_adapter_image_params_resolve_next_to_the_job_file(scaler, tmp_path):
+    import json
+
+    from ctrlgen.core.jobs import load_job
+
+    (tmp_path / "jobs").mkdir()
+    job_file = tmp_path / "jobs" / "job.json"
+    job_file.write_text(json.dumps({"model": "m", "adapters": [
+        {"type": "latent_scaler", "reference": "refs/face.png"},
+        {"type": "latent_scaler"},
+        {"type": "not_installed", "image": "x.png"},
+    ]}))
+    loaded = load_job(job_file)
+    first, second, unknown = (use.params() for use in loaded.adapters)
+    assert first["reference"] == str((tmp_path / "jobs" / "refs" / "face.png").resolve())
+    assert "reference" not in second  # optional and not given: stays absent, validated to None later
+    assert unknown["image"] == "x.png"  # unknown adapters are reported when the job runs

@@ -88,7 +88,16 @@ def test_param_schema_is_json_ready():
 
     data = json.loads(json.dumps(LOW.to_json()))
     assert data == {"name": "low_threshold", "type": "int", "default": 100, "min": 0, "max": 255,
-                    "step": None, "choices": [], "description": "low", "category": ""}
+                    "step": None, "choices": [], "description": "low", "category": "",
+                    "required": False}
+
+
+def test_optional_and_required_params():
+    mask = Param("mask", "image", description="optional region")
+    image = Param("image", "image", required=True, description="reference")
+    assert validate_params((mask, image), {"image": "a.png"}, "ip") == {"mask": None, "image": "a.png"}
+    with pytest.raises(ParamError, match="ip.image is missing"):
+        validate_params((mask, image), {}, "ip")
 
 
 def test_image_model_and_json_params():

@@ -53,6 +53,8 @@ class GenerationContext:
     # Called at the end of every denoising step as ``callback(pipe, step, timestep, tensors)``;
     # a returned dict updates the loop's tensors (see diffusers' callback_on_step_end).
     step_callbacks: list[Callable[..., Any]] = field(default_factory=list)
+    # Control images adapters computed (InstantID's keypoints, ...), returned with the result.
+    control_maps: list[np.ndarray] = field(default_factory=list)
 
     @property
     def device(self) -> str:
@@ -203,9 +205,13 @@ class Engine:
         return self._controlnets[key]
 
     def unload(self) -> None:
-        """Free every cached model."""
+        """Free every cached model: pipelines, ControlNets and what adapters and
+        preprocessors keep loaded (image encoders, face analysis, annotators)."""
+        from . import annotators
+
         self._pipelines.clear()
         self._controlnets.clear()
+        annotators.unload()
         with contextlib.suppress(Exception):
             import torch
 
@@ -389,7 +395,7 @@ class Engine:
             job_id=job_id,
             images=images,
             seeds=seeds,
-            control_maps=[unit.control_image for unit in units],
+            control_maps=[unit.control_image for unit in units] + list(context.control_maps),
             infotexts=[infotext(job, s, model_name) for s in seeds],
         )
 

@@ -106,7 +106,26 @@ class Job(BaseModel):
         data["image"] = fix(self.image)
         for unit in data["control"]:
             unit["image"] = fix(unit.get("image"))
+        for use in data["adapters"]:
+            for name in _image_params(use["type"]):
+                value = use.get(name)
+                if isinstance(value, str):
+                    use[name] = fix(value)
+                elif isinstance(value, list):
+                    use[name] = [fix(v) if isinstance(v, str) else v for v in value]
         return Job.model_validate(data)
+
+
+def _image_params(adapter: str) -> list[str]:
+    """Names of an adapter's image params (``image`` type, or ``json`` lists of images named
+    ``images``); unknown adapters have none here and are reported when the job runs."""
+    from .plugins import get_registry
+
+    registry = get_registry("adapters")
+    if adapter not in registry:
+        return []
+    return [p.name for p in registry.get(adapter).params
+            if p.type == "image" or (p.type == "json" and p.name.endswith("images"))]
 
 
 def format_validation_error(error: ValidationError, what: str = "job") -> str:

@@ -56,6 +56,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ctrlgen.preprocessors.tile",
     "ctrlgen.preprocessors.inpaint",
     "ctrlgen.adapters.controlnet",
+    "ctrlgen.adapters.ip_adapter",
+    "ctrlgen.adapters.instantid",
 )
 
 hookimpl = pluggy.HookimplMarker("ctrlgen")

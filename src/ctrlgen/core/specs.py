@@ -46,6 +46,9 @@ class Param:
     value: lists of points, boxes, per-block scales). ``min``/``max`` bound numbers;
     ``step`` is a UI hint. ``validator`` (optional) checks a ``json`` value further and
     raises ``ValueError`` with a message naming what is wrong.
+
+    A param whose ``default`` is None is optional: not giving it passes None to the plugin.
+    ``required=True`` makes it mandatory instead (e.g. an IP-Adapter's reference image).
     """
 
     name: str
@@ -58,6 +61,7 @@ class Param:
     description: str = ""
     category: str = ""
     validator: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+    required: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in _PARAM_TYPES:
@@ -77,6 +81,8 @@ class Param:
         """
         label = f"{owner}.{self.name}" if owner else self.name
         if value is None:
+            if self.default is None and not self.required:
+                return None
             raise ParamError(f"{label} is missing; give a value ({self._describe_range()})")
         if self.type == "bool":
             return _to_bool(value, label)
@@ -132,6 +138,7 @@ class Param:
             "choices": list(self.choices),
             "description": self.description,
             "category": self.category,
+            "required": self.required,
         }
 
 
