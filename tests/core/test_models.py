@@ -544,3 +544,17 @@ def test_a_broken_third_party_source_does_not_hide_the_others(tmp_path, monkeypa
     store = ModelStore.from_settings()
     assert [r.path for r in store.roots] == [tmp_path / "webui", tmp_path / "extra"]
     assert store.find("dreamshaper_8").source == "configured"
+
+
+def test_find_file_sees_files_added_after_the_first_scan(tmp_path):
+    from ctrlgen.core.models import ModelStore
+    from ctrlgen.core.specs import ModelRoot
+
+    downloads = tmp_path / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
+    (downloads / "hed").mkdir(parents=True)
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    store = ModelStore([ModelRoot(tmp_path)])
+    with pytest.raises(ModelNotFoundError):
+        store.find_file("ControlNetHED.pth")
+    (downloads / "hed" / "ControlNetHED.pth").write_bytes(b"not read by find_file")
+    assert store.find_file("ControlNetHED.pth") == downloads / "hed" / "ControlNetHED.pth"

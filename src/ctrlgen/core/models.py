@@ -451,6 +451,24 @@ class ModelStore:
         """
         wanted = self._categories(tuple(categories)) or ()
         names = [filename, *alternatives]
+        # A miss rescans once: a long-running server must see files added since its last scan.
+        for attempt in range(2):
+            if attempt:
+                self.scan(refresh=True)
+            found = self._search_file(names, wanted)
+            if found is not None:
+                return found
+        shown = " or ".join(repr(n) for n in names)
+        lines = [f"Weight file {shown} was not found ({', '.join(wanted)})."]
+        if not self._roots:
+            lines.append(self._no_roots_line())
+        else:
+            lines.append("Searched these folders:")
+            lines += self._searched_lines()
+        lines.append(self._how_to_get(filename, wanted, source))
+        raise ModelNotFoundError("\n".join(lines))
+
+    def _search_file(self, names: list[str], wanted: tuple[str, ...]) -> Path | None:
         folders = [f for f in self.folders() if f.category in wanted or not f.category]
         for name in names:
             relative = name.replace("\\", "/").strip("/")
@@ -463,21 +481,9 @@ class ModelStore:
             low = relative.lower()
             for entry in self.entries(wanted):
                 full = entry.filename.lower()
-                if (
-                    full == low
-                    or full.endswith("/" + low)
-                    or entry.path.as_posix().lower().endswith("/" + low)
-                ):
+                if full == low or full.endswith("/" + low) or entry.path.as_posix().lower().endswith("/" + low):
                     return entry.path
-        shown = " or ".join(repr(n) for n in names)
-        lines = [f"Weight file {shown} was not found ({', '.join(wanted)})."]
-        if not self._roots:
-            lines.append(self._no_roots_line())
-        else:
-            lines.append("Searched these folders:")
-            lines += self._searched_lines()
-        lines.append(self._how_to_get(filename, wanted, source))
-        raise ModelNotFoundError("\n".join(lines))
+        return None
 
     def find_weight(self, weight: WeightFile) -> Path:
         """:meth:`find_file` for a preprocessor's or adapter's declared :class:`WeightFile`."""

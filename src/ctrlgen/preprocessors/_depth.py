@@ -96,8 +96,8 @@ def fill(network: Any, owner: str, weight: WeightFile, path: Any, state: dict[st
     """Load ``state`` into ``network``; a file that does not fit is a clear error.
 
     Every tensor of the network must be in the file (a partly random network would draw
-    nonsense). Extra tensors are ignored: ZoeD's file carries buffers (BEiT's relative
-    position index) that newer timm versions compute instead of storing.
+    nonsense). Extra tensors are ignored, as upstream's own ``strict=False`` fallback for
+    ZoeD does: a checkpoint saved with an older timm may hold buffers a newer one computes.
     """
     expected = set(network.state_dict())
     state = fit_state(state, expected)
@@ -106,8 +106,8 @@ def fill(network: Any, owner: str, weight: WeightFile, path: Any, state: dict[st
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ModelFormatError(
             f"{owner!r}: {path} does not hold the weights it needs ({weight.filename} from "
-            f"{weight.source}): {len(missing)} of the network's {len(expected)} tensors are missing ({shown}). "
-            "Is it the right file?"
+            f"{weight.source}): {len(missing)} of the network's {len(expected)} tensors are missing "
+            f"({shown}). Is it the right file?"
         )
     try:
         network.load_state_dict(state, strict=False)
@@ -119,12 +119,13 @@ def fill(network: Any, owner: str, weight: WeightFile, path: Any, state: dict[st
     return network
 
 
-def load(owner: str, weight: WeightFile, build: Callable[[], Any]) -> Any:
+def load(owner: str, weight: WeightFile, build: Callable[[], Any],
+         prepare: Callable[[Any], Any] | None = None) -> Any:
     """``build()``'s network filled from ``weight``, on the configured device; loaded once.
 
     Cached as ``depth:<file>`` (per path and device) so variants sharing a file
     (depth_midas and normal_midas, depth_leres and depth_leres++) share one copy;
-    ``owner`` (the preprocessor) is named in errors.
+    ``owner`` (the preprocessor) is named in errors. ``prepare`` adjusts the loaded network.
     """
     path = annotators.weight_path(owner, weight)
     device = annotators.torch_device()
@@ -133,8 +134,8 @@ def load(owner: str, weight: WeightFile, build: Callable[[], Any]) -> Any:
         state = annotators.load_weights(owner, weight)
         with quiet():
             network = build()
-        network = fill(network, owner, weight, path, state)
-        return network.float().eval().requires_grad_(False).to(device)
+        network = fill(network, owner, weight, path, state).float().eval().requires_grad_(False)
+        return (prepare(network) if prepare else network).to(device)
 
     return annotators.loaded(cache_owner(weight), loader, key=(str(path), device))
 
@@ -172,6 +173,46 @@ def build_leres() -> Any:
     from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
 
     return RelDepthModel(backbone="resnext101")
+
+
+def batch_statistics(network: Any) -> Any:
+    """BatchNorm layers normalising with each image's own statistics, as in training mode.
+
+    controlnet_aux, sd-webui-controlnet and comfyui_controlnet_aux never call ``eval()`` on
+    LeReS's network, so its BatchNorm layers run in training mode: the maps everyone gets
+    (and ControlNet's depth models were trained on) come from per-image statistics. Dropping
+    the running statistics gives the same numbers without rewriting buffers on every call.
+    """
+    import torch
+
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = module.num_batches_tracked = None
+    return network
+
+
+def use_cached_boost_mask() -> None:
+    """Make LeReS++'s blending mask a constant computed once, not on every call.
+
+    Upstream's ``estimateboost`` starts by blurring a 3000×3000 mask with a 375-px Gaussian
+    (16 s on one CPU core) whose result depends only on its size. It is computed once by
+    upstream's own ``generatemask`` and kept with the merge network (freed by ``unload``);
+    callers get a copy, so the maps are unchanged.
+    """
+    from controlnet_aux.leres.leres import depthmap
+
+    if getattr(depthmap.generatemask, "cached_by_ctrlgen", False):
+        return
+    upstream = depthmap.generatemask
+
+    def generatemask(size: tuple[int, int]) -> np.ndarray:
+        key = ("mask", tuple(size))
+        return annotators.loaded(cache_owner(LERES_BOOST), lambda: upstream(size), key=key).copy()
+
+    generatemask.cached_by_ctrlgen = True  # type: ignore[attr-defined]
+    generatemask.upstream = upstream  # type: ignore[attr-defined]
+    depthmap.generatemask = generatemask
 
 
 def build_normal_bae() -> Any:
