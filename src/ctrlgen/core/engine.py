@@ -286,7 +286,9 @@ class Engine:
                 )
             params = validate_params(spec.params, use.params(), f"{owner} ({spec.name})")
             groups.setdefault(spec.name, (spec, []))[1].append(params)
-        return list(groups.values())
+        always = [(spec, []) for spec in registry
+                  if spec.always and spec.name not in groups and architecture in spec.architectures]
+        return always + list(groups.values())
 
     # -- running ------------------------------------------------------------------
     def run(

@@ -56,6 +56,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ctrlgen.preprocessors.tile",
     "ctrlgen.preprocessors.inpaint",
     "ctrlgen.adapters.controlnet",
+    "ctrlgen.adapters.reference",
+    "ctrlgen.adapters.lora",
+    "ctrlgen.adapters.embeddings",
     "ctrlgen.adapters.ip_adapter",
     "ctrlgen.adapters.instantid",
 )

@@ -256,6 +256,7 @@ class AdapterSpec:
     description: str = ""
     architectures: tuple[str, ...] = ("sd15", "sdxl")
     requires: tuple[str, ...] = ()
+    always: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", normalize_name(self.name))

@@ -1,0 +1,101 @@
+"""LoRA: low-rank weight patches from the model store's ``loras`` folder, for one job.
+
+Each use loads one file (kohya/sd-scripts, diffusers or PEFT format; LCM-LoRA included) with
+diffusers' ``load_lora_weights`` under its own adapter name, at ``weight`` on the UNet and
+``text_encoder_weight`` on the text encoder(s); several combine. The prompt's A1111 tags
+``<lora:name:weight>`` (and ``<lora:name:te:unet>``, ``te=``/``unet=``) are taken out of the
+prompt and negative prompt and loaded the same way. Everything is unloaded after the job
+(success, error or cancel), leaving the cached pipeline's modules exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+from ctrlgen.core.plugins import hookimpl
+from ctrlgen.core.specs import AdapterSpec, Param
+
+PARAMS = (
+    Param("model", "model", category="loras",
+          description="LoRA file from the model store (kohya, diffusers or PEFT format); leave it out to "
+                      "apply only the prompt's <lora:name:weight> tags"),
+    Param("weight", "float", default=1.0, min=-5.0, max=5.0, step=0.05,
+          description="Scale of the LoRA on the UNet (A1111's unet multiplier)"),
+    Param("text_encoder_weight", "float", min=-5.0, max=5.0, step=0.05,
+          description="Scale on the text encoder(s) (A1111's te multiplier); default: the same as weight"),
+)
+
+
+def _requests(context, uses):
+    from ctrlgen.adapters._lora import LoraRequest, take_prompt_tags
+
+    requests = []
+    for index, use in enumerate(uses):
+        if use["model"] is not None:
+            te_weight = use["weight"] if use["text_encoder_weight"] is None else use["text_encoder_weight"]
+            requests.append(LoraRequest(use["model"], use["weight"], te_weight, f"lora use {index + 1}"))
+    context.prompt, tagged = take_prompt_tags(context.prompt)
+    context.negative_prompt, tagged_negative = take_prompt_tags(context.negative_prompt)
+    return requests + tagged + tagged_negative
+
+
+def _state_dict(context, request):
+    from ctrlgen.core.architecture import load_state_dict
+    from ctrlgen.core.errors import JobError, ModelNotFoundError
+
+    try:
+        entry = context.store.find(request.model, category="loras")
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{request.origin}: {exc}") from None
+    identity = entry.identity
+    if identity.kind != "lora":
+        raise JobError(f"{request.origin}: {entry.path} is a {identity.kind}, not a LoRA")
+    if identity.format == "lycoris":
+        raise JobError(f"{request.origin}: {entry.path} is a LyCORIS (LoHa/LoKr) file, which diffusers cannot load; "
+                       "use a plain LoRA/LoCon")
+    if identity.architecture not in ("unknown", context.architecture):
+        raise JobError(f"{request.origin}: {entry.name} is a LoRA for {identity.architecture} models, but the "
+                       f"checkpoint is {context.architecture}; pick a LoRA trained for {context.architecture}")
+    return load_state_dict(entry.path, allow_pickle=context.store.allow_pickle)
+
+
+@contextlib.contextmanager
+def attach_lora(context, uses):
+    """Load the uses' and prompt tags' LoRAs into ``context.pipeline``; unload them on exit."""
+    from ctrlgen.adapters._lora import LoadedLoras
+    from ctrlgen.core.errors import JobError
+
+    requests = _requests(context, uses)
+    if not requests:
+        yield context
+        return
+    if importlib.util.find_spec("peft") is None:
+        raise JobError("LoRAs need the 'peft' package (diffusers loads LoRAs through it): pip install peft")
+    loaded = LoadedLoras(context.pipeline)
+    try:
+        for request in requests:
+            state_dict = _state_dict(context, request)
+            try:
+                loaded.load(state_dict, request)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                reason = str(exc) if len(str(exc)) < 400 else str(exc)[:400] + " ..."
+                raise JobError(f"{request.origin}: {request.model!r} could not be loaded into this "
+                               f"{context.architecture} pipeline: {reason}") from exc
+        loaded.activate()
+        yield context
+    finally:
+        loaded.restore()
+
+
+@hookimpl
+def ctrlgen_adapters():
+    yield AdapterSpec(
+        name="lora",
+        attach=attach_lora,
+        params=PARAMS,
+        description="LoRA weight patches (several at once, LCM-LoRA, A1111 <lora:name:weight> prompt tags)",
+        architectures=("sd15", "sd2", "sdxl"),
+        requires=("diffusers", "peft"),
+        always=True,
+    )
