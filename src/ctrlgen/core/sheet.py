@@ -34,6 +34,13 @@ def contact_sheet(items: Sequence[tuple[str, np.ndarray]], cell: int = 256, colu
     return sheet
 
 
+# When a preprocessor's default needs weights that are absent, the sheet tries these
+# offline settings instead (and says so in the label).
+OFFLINE_ALTERNATIVES: dict[str, dict[str, object]] = {
+    "face_keypoints": {"detector": "mediapipe"},
+}
+
+
 def preprocessor_sheet(image: np.ndarray, cell: int = 256, names: Sequence[str] | None = None,
                        mask: np.ndarray | None = None):
     """Run every preprocessor (or ``names``) on ``image`` with its defaults.
@@ -58,12 +65,22 @@ def preprocessor_sheet(image: np.ndarray, cell: int = 256, names: Sequence[str] 
     items: list[tuple[str, np.ndarray]] = [("input", image)]
     ran: list[str] = []
     skipped: dict[str, str] = {}
+    from .errors import ModelNotFoundError
+
     for name in names or registry.names():
+        label = name
         try:
-            result = preprocess(name, image, mask=mask)
+            try:
+                result = preprocess(name, image, mask=mask)
+            except ModelNotFoundError:
+                if name not in OFFLINE_ALTERNATIVES:
+                    raise
+                params = OFFLINE_ALTERNATIVES[name]
+                result = preprocess(name, image, mask=mask, **params)
+                label += " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
         except CtrlgenError as exc:
             skipped[name] = str(exc).splitlines()[0]
             continue
-        items.append((name, result.image))
+        items.append((label, result.image))
         ran.append(name)
     return contact_sheet(items, cell=cell, columns=min(6, len(items))), ran, skipped
