@@ -77,7 +77,8 @@ CASES = [
     ("canny", {}, lambda: direct_canny),
     ("mlsd_lsd", {"detect_resolution": 0}, lambda: direct_lsd),
     ("lineart_standard", {"detect_resolution": 0}, make_direct_lineart),
-    ("mediapipe_openpose", {"detect_resolution": 0}, make_direct_mediapipe),
+    # one person: the same Pose + Hands + FaceMesh calls the direct baseline makes
+    ("mediapipe_openpose", {"detect_resolution": 0, "max_people": 1}, make_direct_mediapipe),
 ]
 
 

@@ -45,3 +45,24 @@ def test_sheet_lists_what_ran_and_why_others_were_skipped(tmp_path, capsys):
     width, height = Image.open(sheet).size
     columns = min(6, len(report["ran"]) + 1)
     assert width >= columns * 64 and height >= 64
+
+
+def test_render_pose_draws_edited_json(tmp_path, capsys):
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+    assert main(["preprocess", "mediapipe_openpose", str(tmp_path / "astronaut.png"), str(tmp_path / "map.png"),
+                 "--json"]) == 0
+    pose = json.loads(capsys.readouterr().out)["data"]
+    (tmp_path / "pose.json").write_text(json.dumps(pose))
+    assert main(["render-pose", str(tmp_path / "pose.json"), str(tmp_path / "again.png")]) == 0
+    detected = np.asarray(Image.open(tmp_path / "map.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), detected)
+    # move the nose: the drawing changes
+    pose["people"][0]["pose_keypoints_2d"][0] += 40
+    (tmp_path / "edited.json").write_text(json.dumps(pose))
+    assert main(["render-pose", str(tmp_path / "edited.json"), str(tmp_path / "edited.png"), "--no-face"]) == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "edited.png")), detected)
+    (tmp_path / "bad.json").write_text('{"people": [{"pose_keypoints_2d": [1, 2]}]}')
+    assert main(["render-pose", str(tmp_path / "bad.json"), str(tmp_path / "x.png")]) == 2
+    assert "pose_keypoints_2d" in capsys.readouterr().err

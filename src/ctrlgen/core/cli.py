@@ -151,6 +151,22 @@ def read_mask(path: str, image) -> Any:
         raise CtrlgenError(f"mask {path} is not an image PIL can read") from None
 
 
+def cmd_render_pose(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ctrlgen.preprocessors.openpose import render_openpose
+
+    try:
+        text = Path(args.pose).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CtrlgenError(f"cannot read pose file {args.pose}: {exc.strerror}") from None
+    image = render_openpose(text, args.width, args.height, body=not args.no_body, hands=not args.no_hands,
+                            face=not args.no_face)
+    Image.fromarray(image).save(args.output)
+    print(f"wrote {args.output} ({image.shape[1]}×{image.shape[0]})")
+    return 0
+
+
 # -- generate -----------------------------------------------------------------------------
 def _progress_printer(quiet: bool):
     from tqdm import tqdm
@@ -241,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=int, default=256, help="sheet cell size in pixels (default 256)")
     p.add_argument("--json", action="store_true", help="print the result's data as JSON")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("render-pose", help="draw an (edited) OpenPose JSON as an openpose control map")
+    p.add_argument("pose", help="OpenPose JSON, as `ctrlgen preprocess openpose_full ... --json` prints in data")
+    p.add_argument("output", help="output PNG")
+    p.add_argument("--width", type=int, help="output width (default: the JSON's canvas_width)")
+    p.add_argument("--height", type=int, help="output height (default: the JSON's canvas_height)")
+    p.add_argument("--no-body", action="store_true", help="leave out the body")
+    p.add_argument("--no-hands", action="store_true", help="leave out the hands")
+    p.add_argument("--no-face", action="store_true", help="leave out the face")
+    p.set_defaults(func=cmd_render_pose)
 
     p = sub.add_parser("generate", help="run a job file (JOB.json) and write PNGs")
     p.add_argument("job", help="job file (see docs/jobs.md)")
