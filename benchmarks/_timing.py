@@ -21,6 +21,22 @@ def median_seconds(function: Callable[[], Any], repeat: int = 5, warmup: int = 1
     return statistics.median(samples)
 
 
+def paired_medians(first: Callable[[], Any], second: Callable[[], Any], repeat: int = 5,
+                   warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of two functions timed alternately, so both see the same machine load."""
+    for _ in range(warmup):
+        first()
+        second()
+    a, b = [], []
+    for index in range(repeat):
+        order = ((first, a), (second, b)) if index % 2 == 0 else ((second, b), (first, a))
+        for function, samples in order:
+            start = time.perf_counter()
+            function()
+            samples.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
 def report(title: str, rows: list[dict[str, Any]], json_path: str | None = None) -> None:
     """Print rows as a table (and write them as JSON when ``json_path`` is given)."""
     print(f"\n{title}")

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import median_seconds, report  # noqa: E402
+from _timing import median_seconds, paired_medians, report  # noqa: E402
 
 
 def main(argv=None) -> list[dict]:
@@ -69,8 +69,7 @@ def main(argv=None) -> list[dict]:
         bare(prompt="an astronaut", image=control, num_inference_steps=args.steps, width=args.size,
              height=args.size, generator=torch.Generator("cpu").manual_seed(1), output_type="np")
 
-    ctrlgen_s = median_seconds(lambda: engine.run(job), repeat=args.repeat)
-    bare_s = median_seconds(run_bare, repeat=args.repeat)
+    ctrlgen_s, bare_s = paired_medians(lambda: engine.run(job), run_bare, repeat=args.repeat)
     rows = [{"measure": f"ControlNet job {args.size}px x{args.steps} steps", "ctrlgen_s": ctrlgen_s,
              "baseline_s": bare_s, "ratio": ctrlgen_s / bare_s, "target": "<= 1.05"}]
 

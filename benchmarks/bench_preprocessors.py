@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import median_seconds, report  # noqa: E402
+from _timing import paired_medians, report  # noqa: E402
 
 
 def photo(size: int):
@@ -104,8 +104,8 @@ def main(argv=None) -> list[dict]:
             start = time.perf_counter()
             preprocess(name, image, **params)
             first = time.perf_counter() - start
-            second = median_seconds(partial(preprocess, name, image, **params), repeat=args.repeat, warmup=0)
-            baseline = median_seconds(partial(direct, image), repeat=args.repeat)
+            second, baseline = paired_medians(partial(preprocess, name, image, **params), partial(direct, image),
+                                              repeat=args.repeat)
             rows.append({"preprocessor": name, "size": f"{size}²", "ctrlgen_s": second, "direct_s": baseline,
                          "ratio": second / baseline, "first_call_s": first, "second/first": second / first})
     report("Preprocessors (median seconds; ratio = ctrlgen / direct call, target <= 1.10)", rows, args.json)
