@@ -64,16 +64,15 @@ def with_identitynet(
     context: Any, identitynet: Any, control_image: Any, scale: float, start: float, end: float, label: str
 ) -> Iterator[None]:
     """Swap in a ControlNet view with IdentityNet added after the job's ControlNet units (if any)."""
-    import diffusers
     from diffusers import ControlNetModel
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-    from ctrlgen.core.engine import SUPPORTED_ARCHITECTURES
+    from ctrlgen.core.tasks import pipeline_class as task_pipeline_class
 
     current = context.pipeline
     existing = getattr(current, "controlnet", None)
     if existing is None:
-        pipeline_class = getattr(diffusers, SUPPORTED_ARCHITECTURES[context.architecture][1])
+        pipeline_class = task_pipeline_class(context.architecture, context.job.task, controlnet=True)
         nets: list[Any] = []
     elif isinstance(existing, (ControlNetModel, MultiControlNetModel)):
         pipeline_class = type(current)

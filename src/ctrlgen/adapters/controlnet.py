@@ -25,11 +25,11 @@ PARAMS = (
 @contextlib.contextmanager
 def attach_controlnet(context, units):
     """Swap in a ControlNet pipeline view for ``units`` (PreparedUnit list) for one job."""
-    import diffusers
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-    from ctrlgen.core.engine import SUPPORTED_ARCHITECTURES, fit_control
+    from ctrlgen.core.engine import fit_control
     from ctrlgen.core.errors import JobError
+    from ctrlgen.core.tasks import control_image_key, pipeline_class
 
     for unit in units:
         if unit.params["guidance_start"] >= unit.params["guidance_end"]:
@@ -39,15 +39,16 @@ def attach_controlnet(context, units):
             )
     models = [context.engine.load_controlnet(unit.model_entry, context.architecture) for unit in units]
     controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
-    pipeline_class = getattr(diffusers, SUPPORTED_ARCHITECTURES[context.architecture][1])
+    task = context.job.task
     original_pipeline, original_kwargs = context.pipeline, dict(context.call_kwargs)
-    context.pipeline = pipeline_class.from_pipe(original_pipeline, controlnet=controlnet)
+    context.pipeline = pipeline_class(context.architecture, task, controlnet=True).from_pipe(
+        original_pipeline, controlnet=controlnet)
     context.pipeline.set_progress_bar_config(disable=True)
     modes = [context.job.control[unit.index].resize_mode for unit in units]
     images = fit_control(units, context.width, context.height, modes)
     single = len(units) == 1
+    context.call_kwargs.update({control_image_key(task): images[0] if single else images})
     context.call_kwargs.update(
-        image=images[0] if single else images,
         controlnet_conditioning_scale=units[0].params["weight"] if single else [u.params["weight"] for u in units],
         control_guidance_start=[u.params["guidance_start"] for u in units],
         control_guidance_end=[u.params["guidance_end"] for u in units],

@@ -339,11 +339,16 @@ class Engine:
         seeds = [(seed + i) % 2**32 for i in range(job.batch_size)]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
 
-        pipeline = type(base).from_pipe(base, scheduler=make_scheduler(job.sampler, base.scheduler.config))
-        pipeline.set_progress_bar_config(disable=True)
+        from . import tasks
         from .conditioning import plan_prompts
 
+        task_inputs = tasks.prepare(job, width, height, read_image, base.unet.config.in_channels)
+        pipeline_class = tasks.pipeline_class(architecture, job.task)
+        pipeline = pipeline_class.from_pipe(base, scheduler=make_scheduler(job.sampler, base.scheduler.config))
+        pipeline.set_progress_bar_config(disable=True)
+
         call_kwargs: dict[str, Any] = dict(
+            **task_inputs.call_kwargs,
             num_inference_steps=job.steps,
             guidance_scale=job.cfg_scale,
             width=width,
@@ -354,7 +359,7 @@ class Engine:
         )
         context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height,
                                     prompt=job.prompt, negative_prompt=job.negative_prompt)
-        total = job.steps
+        total = task_inputs.steps
         plan = None
         current_stage = [0]
 
@@ -381,7 +386,7 @@ class Engine:
                 raise CancelledError(f"job {job_id} was cancelled before it started")
             # Encode after the adapters are attached: LoRAs change the text encoder, textual
             # inversions add tokens, and adapters may rewrite the prompt (<lora:name:0.8>).
-            plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, job.steps,
+            plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, total,
                                 job.batch_size, job.clip_skip)
             context.call_kwargs.update(plan.call_kwargs(0))
             pooled = "pooled_prompt_embeds" in context.call_kwargs
@@ -390,7 +395,7 @@ class Engine:
                                       callback_on_step_end_tensor_inputs=inputs)
         if cancel is not None and cancel.is_set():
             raise CancelledError(f"job {job_id} was cancelled")
-        images = [_to_pil(array, job.width, job.height) for array in output.images]
+        images = [task_inputs.finish(_to_pil(array, width, height)) for array in output.images]
         model_name = Path(entry.path).stem
         return JobResult(
             job=job,

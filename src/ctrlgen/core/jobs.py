@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import JobError
 from .images import RESIZE_MODES
 
-Task = Literal["txt2img"]
+Task = Literal["txt2img", "img2img", "inpaint"]
 
 
 class ControlUnit(BaseModel):
@@ -46,6 +46,21 @@ class ControlUnit(BaseModel):
         return dict(self.model_extra or {})
 
 
+class InpaintOptions(BaseModel):
+    """How the mask is used (A1111's names in brackets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grow_px: int = Field(default=0, ge=-256, le=256, description="Grow (or, negative, shrink) the mask")
+    feather_px: float = Field(default=4.0, ge=0, le=256, description="Soft edge width [mask blur]")
+    invert: bool = Field(default=False, description="Repaint what is NOT masked [inpaint not masked]")
+    fill: Literal["original", "fill"] = Field(
+        default="original", description="Masked content: the original pixels, or colours spread in from around")
+    only_masked: bool = Field(
+        default=False, description="Work on the mask's bounds plus padding at full model resolution")
+    padding_px: int = Field(default=32, ge=0, le=1024, description="Context around the mask [only masked padding]")
+
+
 class AdapterUse(BaseModel):
     """One use of an adapter (IP-Adapter, reference-only, ...): ``type`` names a registered
     adapter; every other field is one of its params (validated against its Param schema)."""
@@ -63,7 +78,7 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Task = "txt2img"
+    task: Task | None = Field(default=None, description="txt2img, img2img or inpaint; a mask selects inpaint")
     model: str = Field(description="Checkpoint: name in the model store, HF repo id, or a path")
     prompt: str = ""
     negative_prompt: str = ""
@@ -75,7 +90,11 @@ class Job(BaseModel):
     width: int = Field(default=512, ge=64, le=4096)
     height: int = Field(default=512, ge=64, le=4096)
     batch_size: int = Field(default=1, ge=1, le=16)
-    image: str | None = Field(default=None, description="Input image path (the control source)")
+    image: str | None = Field(default=None, description="Input image path (img2img/inpaint input; control source)")
+    mask: str | None = Field(default=None, description="Mask image (white = repaint); selects the inpaint task")
+    strength: float = Field(default=0.75, gt=0.0, le=1.0, description="img2img/inpaint denoising strength")
+    resize_mode: str = Field(default="just_resize", description="How img2img fits the input to the size")
+    inpaint: InpaintOptions = Field(default_factory=InpaintOptions)
     control: list[ControlUnit] = Field(default_factory=list)
     adapters: list[AdapterUse] = Field(default_factory=list)
 
@@ -85,6 +104,20 @@ class Job(BaseModel):
         from .samplers import resolve_sampler_name
 
         return resolve_sampler_name(value)
+
+    @model_validator(mode="after")
+    def _task_inputs(self) -> Job:
+        if self.task is None:
+            self.task = "inpaint" if self.mask else "txt2img"
+        if self.mask and self.task != "inpaint":
+            raise ValueError(f"a mask means inpainting; drop task={self.task!r} or set task='inpaint'")
+        if self.task in ("img2img", "inpaint") and not self.image:
+            raise ValueError(f"task {self.task!r} needs job.image (the picture to change)")
+        if self.task == "inpaint" and not self.mask:
+            raise ValueError("task 'inpaint' needs job.mask (white = the area to repaint)")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}")
+        return self
 
     @model_validator(mode="after")
     def _control_needs_image(self) -> Job:
@@ -104,6 +137,7 @@ class Job(BaseModel):
 
         data = self.model_dump()
         data["image"] = fix(self.image)
+        data["mask"] = fix(self.mask)
         for unit in data["control"]:
             unit["image"] = fix(unit.get("image"))
         for use in data["adapters"]:
