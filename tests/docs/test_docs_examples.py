@@ -24,8 +24,13 @@ def runnable_docs():
 def docs_env(tiny_model_root, tmp_path, monkeypatch, torch_single_thread):
     from skimage import data
 
+    import numpy as np
+
     sample = tmp_path / "sample.png"
     Image.fromarray(data.astronaut()).resize((96, 96)).save(sample)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[32:64, 32:64] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
     monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", str(tiny_model_root.root))
     monkeypatch.setenv("CTRLGEN_DEVICE", "cpu")
     monkeypatch.chdir(tmp_path)
@@ -35,7 +40,7 @@ def docs_env(tiny_model_root, tmp_path, monkeypatch, torch_single_thread):
 
 
 def test_some_docs_have_runnable_examples():
-    assert {"models.md", "cli.md"} <= set(runnable_docs())
+    assert {"models.md", "cli.md", "jobs.md"} <= set(runnable_docs())
 
 
 @pytest.mark.parametrize("doc", runnable_docs())
