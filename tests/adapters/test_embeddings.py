@@ -18,21 +18,10 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 EMBEDDINGS = [{"type": "embeddings"}]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_root(tmp_path_factory, tiny_model_cache, tiny_sd15, tiny_sdxl):
-    """The tiny A1111 root plus the tiny embeddings (embeddings/sd15, embeddings/sdxl, a .pt)."""
-    from ctrlgen.testing.tiny import write_model_root
-    from ctrlgen.testing.tiny_lora import write_tiny_addons
 
-    root = tmp_path_factory.mktemp("a1111-embeddings")
-    placed = write_model_root(root, "a1111", architectures=("sd15", "sdxl"), cache_dir=tiny_model_cache)
-    write_tiny_addons(root, tiny_model_cache)
-    return placed
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+@pytest.fixture
+def engine(addon_engine):
+    return addon_engine
 
 
 def job(architecture="sd15", **extra):
@@ -66,6 +55,10 @@ def tokenizer_state(pipe):
 class TestEmbeddingsContract(AdapterContract):
     adapter = "embeddings"
 
+    @pytest.fixture
+    def contract_model_root(self, addon_model_root):
+        return addon_model_root
+
     def adapter_job(self, image):
         return {"model": "tiny-sd15", "prompt": "a cat", "negative_prompt": "TinyNeg, blurry", "seed": 1, "steps": 2,
                 "width": 64, "height": 64, "adapters": EMBEDDINGS}
@@ -96,12 +89,12 @@ def test_names_match_as_words_in_any_case(engine, monkeypatch):
                           run(engine, negative_prompt="tinynegative"))
 
 
-def test_prompts_are_rewritten_to_the_tokens_while_attached(engine, tiny_model_root):
+def test_prompts_are_rewritten_to_the_tokens_while_attached(engine, addon_model_root):
     from ctrlgen.adapters.embeddings import attach_embeddings
 
     request = job(prompt="tinystyle portrait", negative_prompt="(TinyNeg:1.2), <lora:tinyneg:1>")
     base = engine.load_pipeline(engine.resolve_checkpoint(request))
-    store = ModelStore([ModelRoot(tiny_model_root.root)], allow_pickle=True)
+    store = ModelStore([ModelRoot(addon_model_root.root)], allow_pickle=True)
     context = GenerationContext(request, Engine(store=store, device="cpu"), base, "sd15", {}, 64, 64,
                                 prompt=request.prompt, negative_prompt=request.negative_prompt)
     rows = base.text_encoder.get_input_embeddings().num_embeddings

@@ -13,17 +13,11 @@ from ctrlgen.core.jobs import parse_job
 from ctrlgen.core.models import ModelStore
 from ctrlgen.core.specs import ModelRoot
 from ctrlgen.testing.contracts import AdapterContract, contract_image, pipeline_fingerprint
-from ctrlgen.testing.tiny_ip_adapter import add_tiny_ip_adapter_models
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),
     pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning"),  # insightface's face_align
 ]
-
-
-@pytest.fixture(scope="session")
-def ip_models(tiny_model_root):
-    return add_tiny_ip_adapter_models(tiny_model_root)
 
 
 @pytest.fixture(scope="session")

@@ -10,28 +10,16 @@ from ctrlgen.core.engine import Engine
 from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError, ParamError
 from ctrlgen.core.jobs import parse_job
 from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
 from ctrlgen.testing.contracts import AdapterContract, pipeline_fingerprint
 
 pytest.importorskip("peft", reason="diffusers loads LoRAs through peft")
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_model_root(tmp_path_factory, tiny_model_cache, tiny_sd15, tiny_sdxl):
-    """The tiny A1111 root plus the tiny LoRAs (models/Lora) and embeddings (embeddings/)."""
-    from ctrlgen.testing.tiny import write_model_root
-    from ctrlgen.testing.tiny_lora import write_tiny_addons
 
-    root = tmp_path_factory.mktemp("a1111-loras")
-    placed = write_model_root(root, "a1111", architectures=("sd15", "sdxl"), cache_dir=tiny_model_cache)
-    write_tiny_addons(root, tiny_model_cache)
-    return placed
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+@pytest.fixture
+def engine(addon_engine):
+    return addon_engine
 
 
 def job(architecture="sd15", **extra):
@@ -62,6 +50,10 @@ class TestLoraContract(AdapterContract):
     """A kohya LoRA and a PEFT-format LoRA together."""
 
     adapter = "lora"
+
+    @pytest.fixture
+    def contract_model_root(self, addon_model_root):
+        return addon_model_root
 
     def adapter_job(self, image):
         return {"model": "tiny-sd15", "prompt": "a cat", "seed": 1, "steps": 2, "width": 64, "height": 64,
@@ -126,13 +118,13 @@ def test_a_failed_load_leaves_nothing_behind(engine):
     assert not hasattr(base.unet, "peft_config") or not base.unet.peft_config
 
 
-def test_another_adapters_lora_stays_active_with_its_scale(engine, tiny_model_root):
+def test_another_adapters_lora_stays_active_with_its_scale(engine, addon_model_root):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from ctrlgen.core.architecture import load_state_dict
 
     base = engine.load_pipeline(engine.resolve_checkpoint(job()))
-    path = tiny_model_root.root / "models" / "Lora" / "tiny-lora-sd15-peft.safetensors"
+    path = addon_model_root.root / "models" / "Lora" / "tiny-lora-sd15-peft.safetensors"
     base.load_lora_weights(load_state_dict(path), adapter_name="faceid")
     base.set_adapters(["faceid"], [0.4])
     try:

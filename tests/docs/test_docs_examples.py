@@ -22,9 +22,8 @@ def runnable_docs():
 
 @pytest.fixture
 def docs_env(tiny_model_root, tmp_path, monkeypatch, torch_single_thread):
-    from skimage import data
-
     import numpy as np
+    from skimage import data
 
     sample = tmp_path / "sample.png"
     Image.fromarray(data.astronaut()).resize((96, 96)).save(sample)

@@ -184,7 +184,12 @@ class AdapterContract:
         return job
 
     @pytest.fixture
-    def contract_setup(self, tiny_model_root, tmp_path, torch_single_thread):
+    def contract_model_root(self, tiny_model_root):
+        """The model root the contract's jobs use; override to add the adapter's own weights."""
+        return tiny_model_root
+
+    @pytest.fixture
+    def contract_setup(self, contract_model_root, tmp_path, torch_single_thread):
         from PIL import Image
 
         from ctrlgen.core.engine import Engine
@@ -193,7 +198,7 @@ class AdapterContract:
 
         image = tmp_path / "contract.png"
         Image.fromarray(contract_image(64, 64)).save(image)
-        store = ModelStore([ModelRoot(tiny_model_root.root)])
+        store = ModelStore([ModelRoot(contract_model_root.root)])
         return Engine(store=store, device="cpu"), str(image), store
 
     def _run(self, engine, job: dict[str, Any], **kwargs):
