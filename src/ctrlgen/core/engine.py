@@ -27,11 +27,8 @@ from .jobs import Job
 from .plugins import emit_event, get_registry
 from .specs import validate_params
 
-SUPPORTED_ARCHITECTURES = {
-    "sd15": ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline"),
-    "sd2": ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline"),
-    "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline"),
-}
+# Architectures the engine runs; ctrlgen.core.tasks maps each (architecture, task) to its pipeline class.
+SUPPORTED_ARCHITECTURES = ("sd15", "sd2", "sdxl")
 
 
 @dataclass
@@ -179,10 +176,10 @@ class Engine:
         """The cached base pipeline for a store entry (loaded on first use)."""
         key = str(Path(entry.path).resolve())
         if key not in self._pipelines:
-            from . import single_file
+            from . import single_file, tasks
 
             architecture = entry.identity.architecture
-            pipeline_class = SUPPORTED_ARCHITECTURES[architecture][0]
+            pipeline_class = tasks.pipeline_class(architecture, "txt2img").__name__
             dtype = self._load_dtype()
             if Path(entry.path).is_dir():
                 pipe = single_file.load_pipeline_from_folder(entry.path, pipeline_class, torch_dtype=dtype)
