@@ -27,6 +27,10 @@ from .jobs import Job
 from .plugins import emit_event, get_registry
 from .specs import validate_params
 
+# Reads one image reference of a job (``(reference, what) -> uint8 array``: H×W grey, H×W×3
+# RGB or H×W×4 RGBA). The default reads files; the server resolves its uploads.
+ImageSource = Callable[[str, str], np.ndarray]
+
 # Architectures the engine runs; ctrlgen.core.tasks maps each (architecture, task) to its pipeline class.
 SUPPORTED_ARCHITECTURES = ("sd15", "sd2", "sdxl")
 
@@ -52,6 +56,8 @@ class GenerationContext:
     step_callbacks: list[Callable[..., Any]] = field(default_factory=list)
     # Control images adapters computed (InstantID's keypoints, ...), returned with the result.
     control_maps: list[np.ndarray] = field(default_factory=list)
+    # Where the job's image references are read from (files by default; the server's uploads).
+    image_source: ImageSource | None = None
 
     @property
     def device(self) -> str:
@@ -66,7 +72,8 @@ class GenerationContext:
         return self.engine.store
 
     def read_image(self, path: str, what: str = "image") -> np.ndarray:
-        return read_image(path, what)
+        """The RGB pixels of one of the job's image references (a path, or an upload id)."""
+        return read_image(path, what, self.image_source)
 
 
 @dataclass
@@ -234,7 +241,7 @@ class Engine:
             )
         return entry
 
-    def prepare_units(self, job: Job, architecture: str) -> list[PreparedUnit]:
+    def prepare_units(self, job: Job, architecture: str, images: ImageSource | None = None) -> list[PreparedUnit]:
         """Resolve ControlNet models, validate params and compute control maps (no model loads)."""
         from .preprocess import preprocess
 
@@ -252,7 +259,7 @@ class Engine:
                     f"{owner}.model {unit.model!r} is a {entry.identity.architecture} ControlNet but the "
                     f"checkpoint is {architecture}; use a ControlNet made for {architecture}"
                 )
-            source = read_image(unit.image or job.image, f"{owner}.image")
+            source = read_image(unit.image or job.image, f"{owner}.image", images)
             pre_params = dict(unit.preprocessor_params)
             if unit.preprocessor.lower() == "none":
                 control = to_rgb(source)
@@ -295,8 +302,11 @@ class Engine:
         on_event: Callable[[JobEvent], None] | None = None,
         cancel: threading.Event | None = None,
         job_id: str | None = None,
+        images: ImageSource | None = None,
     ) -> JobResult:
-        """Run ``job`` to completion; raises :class:`CancelledError` if ``cancel`` is set."""
+        """Run ``job`` to completion; raises :class:`CancelledError` if ``cancel`` is set.
+
+        ``images`` resolves the job's image references (default: they are file paths)."""
         job_id = job_id or uuid.uuid4().hex
 
         def emit(kind: str, **data: Any) -> None:
@@ -307,7 +317,7 @@ class Engine:
 
         try:
             with self._lock:
-                result = self._run(job, job_id, emit, cancel)
+                result = self._run(job, job_id, emit, cancel, images)
         except CancelledError:
             emit("cancelled")
             raise
@@ -320,13 +330,13 @@ class Engine:
         emit("finished", seeds=result.seeds)
         return result
 
-    def _run(self, job: Job, job_id: str, emit, cancel) -> JobResult:
+    def _run(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None) -> JobResult:
         import torch
 
         emit("started")
         entry = self.resolve_checkpoint(job)
         architecture = entry.identity.architecture
-        units = self.prepare_units(job, architecture)
+        units = self.prepare_units(job, architecture, images)
         adapters = self.prepare_adapters(job, architecture)
         base = self.load_pipeline(entry)
         from .samplers import make_scheduler
@@ -339,7 +349,7 @@ class Engine:
         from . import tasks
         from .conditioning import plan_prompts
 
-        task_inputs = tasks.prepare(job, width, height, read_image, base.unet.config.in_channels)
+        task_inputs = tasks.prepare(job, width, height, images or load_image_file, base.unet.config.in_channels)
         pipeline_class = tasks.pipeline_class(architecture, job.task)
         pipeline = pipeline_class.from_pipe(base, scheduler=make_scheduler(job.sampler, base.scheduler.config))
         pipeline.set_progress_bar_config(disable=True)
@@ -355,7 +365,8 @@ class Engine:
             output_type="np",
         )
         context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height,
-                                    prompt=job.prompt, negative_prompt=job.negative_prompt)
+                                    prompt=job.prompt, negative_prompt=job.negative_prompt,
+                                    image_source=images)
         total = task_inputs.steps
         plan = None
         current_stage = [0]
@@ -428,15 +439,30 @@ def _to_pil(array: np.ndarray, width: int, height: int):
     return image
 
 
-def read_image(path: str | None, what: str) -> np.ndarray:
+def read_image(path: str | None, what: str, images: ImageSource | None = None) -> np.ndarray:
+    """The RGB pixels of an image reference: a file path, or whatever ``images`` resolves."""
     if path is None:
         raise JobError(f"{what} is missing; give an image path")
+    try:
+        return to_rgb((images or load_image_file)(path, what), what)
+    except ImageError as exc:
+        raise JobError(f"{what}: {exc}") from None
+
+
+def load_image_file(path: str, what: str) -> np.ndarray:
+    """An image file's pixels as uint8: grey, RGB or RGBA as stored (16-bit scaled down)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
-            return to_rgb(image, what)
+            if image.mode in ("L", "RGB", "RGBA"):
+                return np.asarray(image)
+            if image.mode in ("LA", "PA") or "transparency" in image.info or image.mode == "P":
+                return np.asarray(image.convert("RGBA"))
+            if image.mode in ("I;16", "I;16B", "I", "F"):
+                return to_rgb(image, what)
+            return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise JobError(f"{what}: file {path} does not exist") from None
     except UnidentifiedImageError:

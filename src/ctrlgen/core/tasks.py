@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import JobError
-from .images import fit, resize, to_mask
+from .errors import ImageError, JobError
+from .images import fit, resize, to_mask, to_rgb
 from .masks import Region, composite, feather, fill, masked_region, prepare_mask
 
 _CLASSES = {
@@ -65,9 +65,11 @@ class TaskInputs:
     steps: int
 
 
-def prepare(job: Any, width: int, height: int, read_image: Callable[[str, str], np.ndarray],
+def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.ndarray],
             unet_in_channels: int) -> TaskInputs:
-    """Inputs and the finishing step for ``job.task`` at generation size ``width``×``height``."""
+    """Inputs and the finishing step for ``job.task`` at generation size ``width``×``height``.
+
+    ``load(reference, what)`` returns an image reference's pixels (grey, RGB or RGBA uint8)."""
     from PIL import Image
 
     task = job.task
@@ -83,7 +85,7 @@ def prepare(job: Any, width: int, height: int, read_image: Callable[[str, str], 
 
     if task == "txt2img":
         return TaskInputs({}, to_size, job.steps)
-    source = read_image(job.image, "job.image")
+    source = _rgb(load(job.image, "job.image"), "job.image")
     steps = steps_run(task, job.steps, job.strength)
     if task == "img2img":
         init = fit(source, width, height, job.resize_mode)
@@ -92,10 +94,8 @@ def prepare(job: Any, width: int, height: int, read_image: Callable[[str, str], 
     options = job.inpaint
     original_h, original_w = source.shape[:2]
     try:
-        raw_mask = to_mask(read_image_mask(job.mask, read_image), (original_w, original_h), "job.mask")
-    except JobError:
-        raise
-    except Exception as exc:  # ImageError: size mismatch and the like
+        raw_mask = to_mask(load(job.mask, "job.mask"), (original_w, original_h), "job.mask")
+    except ImageError as exc:  # size mismatch and the like
         raise JobError(str(exc)) from None
     mask = prepare_mask(raw_mask, options.grow_px, options.invert)
     if not mask.any():
@@ -119,17 +119,8 @@ def prepare(job: Any, width: int, height: int, read_image: Callable[[str, str], 
     return TaskInputs(kwargs, finish, steps)
 
 
-def read_image_mask(path: str, read_image: Callable[[str, str], np.ndarray]) -> np.ndarray:
-    """A mask file as an array the mask helpers accept (alpha of RGBA masks is used)."""
-    from PIL import Image, UnidentifiedImageError
-
+def _rgb(pixels: np.ndarray, what: str) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA"):
-                return np.asarray(image)[..., -1]
-            return np.asarray(image.convert("L"))
-    except FileNotFoundError:
-        raise JobError(f"job.mask: file {path} does not exist") from None
-    except UnidentifiedImageError:
-        raise JobError(f"job.mask: {path} is not an image PIL can read") from None
+        return to_rgb(pixels, what)
+    except ImageError as exc:
+        raise JobError(str(exc)) from None
