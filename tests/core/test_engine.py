@@ -218,3 +218,31 @@ def test_generate_cli_bad_job_has_no_traceback(tmp_path, capsys):
     assert main(["generate", str(job_file)]) == 2
     err = capsys.readouterr().err
     assert "is not valid JSON" in err and "line 1" in err and "Traceback" not in err
+
+
+def test_preview_events_carry_a_cheap_rgb_thumbnail_of_the_latents(engine, photo):
+    events = []
+    result = engine.run(make_job(photo, steps=4, control=[]), on_event=events.append, preview=2)
+    previews = [e for e in events if e.kind == "preview"]
+    assert [(e.data["step"], e.data["total"]) for e in previews] == [(2, 4), (4, 4)]
+    image = previews[-1].data["image"]
+    assert image.dtype == np.uint8 and image.shape == (256, 256, 3)  # 8×8 latents shown at 256 px
+    assert image.std() > 0
+    plain = engine.run(make_job(photo, steps=4, control=[]))
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(plain.images[0]))  # previews change nothing
+
+
+def test_latents_to_rgb_is_the_linear_latent_projection():
+    from ctrlgen.core.preview import LATENT_RGB, latents_to_rgb
+
+    latents = np.zeros((1, 4, 2, 3), np.float32)
+    latents[0, 0, 1, 2] = 1.0  # one latent pixel, first channel only
+    rgb = latents_to_rgb(latents, "sd15", max_side=3)
+    factors, _ = LATENT_RGB["sd"]
+    expected = ((np.clip(np.asarray(factors[0]), -1, 1) + 1) * 127.5 + 0.5).astype(np.uint8)
+    assert rgb.shape == (2, 3, 3) and np.array_equal(rgb[1, 2], expected)
+    assert np.array_equal(rgb[0, 0], [128, 128, 128])  # a zero latent is mid grey in SD1.5's space
+    sdxl = latents_to_rgb(np.zeros((4, 4, 4), np.float32), "sdxl", max_side=64)
+    assert sdxl.shape == (64, 64, 3) and not np.array_equal(sdxl[0, 0], [128, 128, 128])  # SDXL has a bias
+    with pytest.raises(ValueError, match="not a 4-channel latent image"):
+        latents_to_rgb(np.zeros((3, 4, 4)), "sd15")

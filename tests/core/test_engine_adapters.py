@@ -15,9 +15,11 @@ from ctrlgen.core.specs import ModelRoot
 
 SCALER = """
 import contextlib
+import weakref
 from ctrlgen import hookimpl, AdapterSpec, Param
 
 log = []
+held = []  # weak references to what a job holds while it runs
 
 @contextlib.contextmanager
 def attach(context, uses):
@@ -28,6 +30,7 @@ def attach(context, uses):
 
     def scale(pipe, step, timestep, tensors):
         log.append(("step", step))
+        held.extend([weakref.ref(pipe), weakref.ref(tensors["latents"])])
         return {"latents": tensors["latents"] * factor}
 
     context.step_callbacks.append(scale)
@@ -61,8 +64,8 @@ def engine(tiny_model_root):
 
 
 def job(**extra):
-    return parse_job({"model": "tiny-sd15", "prompt": "a cat", "seed": 2, "steps": 3, "width": 64, "height": 64,
-                      **extra})
+    return parse_job({"model": "tiny-sd15", "prompt": "a cat", "seed": 2, "steps": 3, "width": 64, "height": 64}
+                     | extra)
 
 
 def test_adapter_uses_are_grouped_attached_and_detached(scaler, engine, torch_single_thread):
@@ -87,6 +90,32 @@ def test_adapter_detaches_on_cancel(scaler, engine, torch_single_thread):
     with pytest.raises(CancelledError):
         engine.run(job(adapters=[{"type": "latent_scaler", "latent_scale": 1.2}]), on_event=stop, cancel=cancel)
     assert scaler[0][0] == "enter" and scaler[-1] == ("exit",)
+
+
+def test_cancel_stops_within_a_step_and_frees_what_the_job_held(scaler, engine, torch_single_thread):
+    import cg_scaler
+
+    cancel = threading.Event()
+    steps = []
+
+    def stop(event):
+        if event.kind == "progress":
+            steps.append(event.data["step"])
+            if event.data["step"] == 2:
+                cancel.set()
+
+    cg_scaler.held.clear()
+    with pytest.raises(CancelledError) as info:
+        engine.run(job(steps=30, adapters=[{"type": "latent_scaler", "latent_scale": 1.0}]), on_event=stop,
+                   cancel=cancel)
+    assert steps == [1, 2]  # the step after the cancel request never ran
+    frames, tb = [], info.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert frames[-1] == "run" and "_run" not in frames  # no frame of the job kept alive by the exception
+    assert cg_scaler.held and all(ref() is None for ref in cg_scaler.held), "job-local pipeline/latents still alive"
+    assert engine._pipelines  # the cached base pipeline stays loaded for the next job
 
 
 @pytest.mark.parametrize(

@@ -288,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config-dir", help="print ctrlgen's configuration folder")
     p.set_defaults(func=cmd_config_dir)
+
+    # Host-bridge commands (serve, client, install) live with the bridges; each module adds
+    # its subcommands and imports nothing heavy until one runs.
+    from ..host_bridges import client_cli, krita_cli, server_cli
+
+    for module in (server_cli, client_cli, krita_cli):
+        module.add_commands(sub)
     return parser
 
 

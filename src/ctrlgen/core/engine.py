@@ -303,10 +303,13 @@ class Engine:
         cancel: threading.Event | None = None,
         job_id: str | None = None,
         images: ImageSource | None = None,
+        preview: bool | int = False,
     ) -> JobResult:
         """Run ``job`` to completion; raises :class:`CancelledError` if ``cancel`` is set.
 
-        ``images`` resolves the job's image references (default: they are file paths)."""
+        ``images`` resolves the job's image references (default: they are file paths).
+        ``preview`` (``True`` or every N steps) adds ``preview`` events carrying a small RGB
+        image of the first latent, made without the VAE (:mod:`ctrlgen.core.preview`)."""
         job_id = job_id or uuid.uuid4().hex
 
         def emit(kind: str, **data: Any) -> None:
@@ -317,20 +320,36 @@ class Engine:
 
         try:
             with self._lock:
-                result = self._run(job, job_id, emit, cancel, images)
-        except CancelledError:
+                result = self._run(job, job_id, emit, cancel, images, int(preview))
+        except CancelledError as exc:
+            # The traceback's frames hold the job's pipeline view, latents and control
+            # tensors; drop them so the memory is free when this returns.
+            exc = exc.with_traceback(None)
+            self._release()
             emit("cancelled")
-            raise
+            raise exc from None
         except CtrlgenError as exc:
+            self._release()
             emit("error", code=type(exc).__name__, message=str(exc))
             raise
         except Exception as exc:  # a library failure: report it as a job error, keep the type
+            self._release()
             emit("error", code="internal_error", message=f"{type(exc).__name__}: {exc}")
             raise
         emit("finished", seeds=result.seeds)
         return result
 
-    def _run(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None) -> JobResult:
+    def _release(self) -> None:
+        """After a cancelled or failed job: collect what it held and return cached GPU blocks."""
+        import gc
+
+        gc.collect()
+        if self._device is not None and self._device.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _run(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None, preview_every: int) -> JobResult:
         import torch
 
         emit("started")
@@ -380,6 +399,10 @@ class Engine:
             for callback in context.step_callbacks:
                 tensors.update(callback(pipe, step, timestep, tensors) or {})
             emit("progress", step=step + 1, total=total)
+            if preview_every and ((step + 1) % preview_every == 0 or step + 1 == total):
+                from .preview import latents_to_rgb
+
+                emit("preview", step=step + 1, total=total, image=latents_to_rgb(tensors["latents"], architecture))
             if cancel is not None and cancel.is_set():
                 pipe._interrupt = True
             return tensors

@@ -14,6 +14,7 @@ class JobEvent:
     """One thing that happened to a job. ``data`` depends on ``kind``:
 
     - ``progress``: ``step``, ``total``
+    - ``preview``: ``step``, ``total``, ``image`` (small ``uint8`` H×W×3 RGB; only when asked for)
     - ``finished``: ``outputs`` (list of paths or result ids)
     - ``error``: ``code``, ``message``
     """

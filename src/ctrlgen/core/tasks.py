@@ -2,24 +2,42 @@
 
 - ``txt2img``: nothing extra; the result is resized to the asked size.
 - ``img2img``: the input image, fitted to the generation size, and ``strength``.
-- ``inpaint`` (selected whenever a job has a mask): the image and mask — grown or shrunk,
-  inverted, optionally pre-filled, and cropped to the mask's bounds plus padding in
-  "only masked" mode — at the generation size. The generated pixels are brought back to
-  the crop's size and composited onto the ORIGINAL image through the feathered mask, so
-  every pixel outside it is the original's, bit for bit. The result has the input's size.
+- ``inpaint`` (selected whenever a job has a mask or ``outpaint``): the image and mask —
+  grown or shrunk, inverted, optionally pre-filled, and cropped to the mask's bounds plus
+  padding in "only masked" mode — at the generation size. With ``outpaint`` the image is
+  first put on a bigger canvas (new area: its edge colours, blurred) and the new area (plus
+  an overlap into the image) joins the mask. The generated pixels are brought back to the
+  crop's size and composited onto the canvas through the feathered mask, so every pixel
+  outside it is the original's, bit for bit. The result has the canvas's size.
+
+The latent fill modes (``latent_noise``, ``latent_nothing``) change the encoded image
+under the mask, before diffusers noises it to the first timestep; see :func:`latent_fill`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import ImageError, JobError
-from .images import fit, resize, to_mask, to_rgb
-from .masks import Region, composite, feather, fill, masked_region, prepare_mask
+from .images import check_size, fit, resize, to_mask, to_rgb
+from .masks import (
+    LATENT_FILL_MODES,
+    Expansion,
+    Region,
+    composite,
+    expand_canvas,
+    feather,
+    fill,
+    masked_region,
+    outpaint_mask,
+    prepare_mask,
+)
 
 _CLASSES = {
     # (family, task, controlnet) -> diffusers pipeline class
@@ -35,15 +53,22 @@ _CLASSES = {
     ("sdxl", "txt2img", True): "StableDiffusionXLControlNetPipeline",
     ("sdxl", "img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
     ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+    ("sdxl", "txt2img", "union"): "StableDiffusionXLControlNetUnionPipeline",
+    ("sdxl", "img2img", "union"): "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+    ("sdxl", "inpaint", "union"): "StableDiffusionXLControlNetUnionInpaintPipeline",
 }
 
 
-def pipeline_class(architecture: str, task: str, controlnet: bool = False):
-    """The diffusers pipeline class for an architecture, task and whether ControlNets run."""
+def pipeline_class(architecture: str, task: str, controlnet: bool | str = False):
+    """The diffusers pipeline class for an architecture, task and ControlNet kind
+    (``False``: none, ``True``: regular ControlNets, ``"union"``: SDXL union ControlNets)."""
     import diffusers
 
     family = "sdxl" if architecture == "sdxl" else "sd"
-    return getattr(diffusers, _CLASSES[(family, task, controlnet)])
+    key = (family, task, controlnet)
+    if key not in _CLASSES:
+        raise JobError(f"{architecture} has no pipeline for {task} with controlnet={controlnet!r}")
+    return getattr(diffusers, _CLASSES[key])
 
 
 def control_image_key(task: str) -> str:
@@ -63,6 +88,33 @@ class TaskInputs:
     call_kwargs: dict[str, Any]
     finish: Callable[[Any], Any]  # PIL at generation size -> PIL result
     steps: int
+    # Entered around the pipeline call with the job's final pipeline (after the adapters have
+    # swapped in theirs): ``with attach(pipeline): pipeline(**call_kwargs)``. None: nothing to do.
+    attach: Callable[[Any], contextlib.AbstractContextManager] | None = None
+    # Inpaint jobs: the canvas, mask and region the job works on (None for txt2img/img2img).
+    frame: InpaintFrame | None = None
+
+
+@dataclass(frozen=True)
+class InpaintFrame:
+    """Where an inpaint job works.
+
+    ``canvas`` is the input image (RGB), expanded when outpainting; ``mask`` the repaint mask
+    on it (uint8, 255 = repaint, after grow/invert and with the outpaint area); ``alpha`` the
+    feathered mask the result is composited through; ``region`` the box that is generated (the
+    whole canvas, or the mask's bounds plus padding in only-masked mode); ``expansion`` how the
+    input was placed on the canvas (all zeros without outpaint)."""
+
+    canvas: np.ndarray
+    mask: np.ndarray
+    alpha: np.ndarray
+    region: Region
+    expansion: Expansion
+
+    def to_region(self, image: np.ndarray, value: int = 0) -> np.ndarray:
+        """An image at the INPUT's size (a control map, say) as the generated region sees it:
+        put on the canvas at the input's offset (new area: ``value``) and cropped to ``region``."""
+        return np.ascontiguousarray(self.region.crop(self.expansion.place(image, value)))
 
 
 def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.ndarray],
@@ -91,32 +143,119 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
         init = fit(source, width, height, job.resize_mode)
         return TaskInputs({"image": Image.fromarray(init), "strength": job.strength}, to_size, steps)
 
-    options = job.inpaint
-    original_h, original_w = source.shape[:2]
-    try:
-        raw_mask = to_mask(load(job.mask, "job.mask"), (original_w, original_h), "job.mask")
-    except ImageError as exc:  # size mismatch and the like
-        raise JobError(str(exc)) from None
-    mask = prepare_mask(raw_mask, options.grow_px, options.invert)
-    if not mask.any():
-        raise JobError("job.mask selects nothing (after grow/invert): paint the area to change in white")
-    alpha = feather(mask, options.feather_px)
-    if options.only_masked:
-        region = masked_region(mask, options.padding_px, aspect=width / height)
-    else:
-        region = Region(0, 0, original_w, original_h)
-    crop, crop_mask = region.crop(source), region.crop(mask)
-    if options.fill == "fill":
+    frame = inpaint_frame(job, source, load, aspect=width / height)
+    region = frame.region
+    crop, crop_mask = region.crop(frame.canvas), region.crop(frame.mask)
+    if job.inpaint.fill == "fill":
         crop = fill(crop, crop_mask)
     init = resize(np.ascontiguousarray(crop), width, height)
     model_mask = resize(np.ascontiguousarray(crop_mask), width, height)
 
     def finish(generated):
         patch = resize(np.asarray(generated.convert("RGB")), region.width, region.height)
-        return Image.fromarray(composite(source, patch, alpha, region))
+        return Image.fromarray(composite(frame.canvas, patch, frame.alpha, region))
 
     kwargs = {"image": Image.fromarray(init), "mask_image": Image.fromarray(model_mask), "strength": job.strength}
-    return TaskInputs(kwargs, finish, steps)
+    attach = None
+    if job.inpaint.fill in LATENT_FILL_MODES:
+        mode = job.inpaint.fill
+
+        def attach(pipeline):
+            return latent_fill(pipeline, mode, model_mask)
+
+    return TaskInputs(kwargs, finish, steps, attach=attach, frame=frame)
+
+
+def inpaint_frame(job: Any, source: np.ndarray, load: Callable[[str, str], np.ndarray],
+                  aspect: float | None = None) -> InpaintFrame:
+    """The canvas, mask, feathered alpha and region of inpaint ``job`` on input ``source`` (RGB).
+
+    ``aspect`` (width / height of the generation size) widens an only-masked region to it."""
+    options = job.inpaint
+    original_h, original_w = source.shape[:2]
+    if job.mask:
+        try:
+            raw_mask = to_mask(load(job.mask, "job.mask"), (original_w, original_h), "job.mask")
+        except ImageError as exc:  # size mismatch and the like
+            raise JobError(str(exc)) from None
+    else:  # outpaint alone: nothing of the input itself is repainted (unless inverted)
+        raw_mask = np.zeros((original_h, original_w), np.uint8)
+    mask = prepare_mask(raw_mask, options.grow_px, options.invert)
+    canvas, expansion = source, Expansion()
+    if job.outpaint is not None:
+        out = job.outpaint
+        expansion = Expansion(out.left, out.top, out.right, out.bottom)
+        canvas_w, canvas_h = expansion.size(original_w, original_h)
+        try:
+            check_size(canvas_h, canvas_w, f"the outpainted canvas ({original_w}×{original_h} input expanded)")
+        except ImageError as exc:
+            raise JobError(f"job.outpaint: {exc}") from None
+        canvas = expand_canvas(source, expansion)
+        mask = np.maximum(expansion.place(mask), outpaint_mask(original_w, original_h, expansion, out.overlap_px))
+    if not mask.any():
+        raise JobError("job.mask selects nothing (after grow/invert): paint the area to change in white")
+    alpha = feather(mask, options.feather_px)
+    if options.only_masked:
+        region = masked_region(mask, options.padding_px, aspect=aspect)
+    else:
+        region = Region(0, 0, canvas.shape[1], canvas.shape[0])
+    return InpaintFrame(canvas, mask, alpha, region, expansion)
+
+
+@contextlib.contextmanager
+def latent_fill(pipeline: Any, mode: str, mask: np.ndarray) -> Iterator[Any]:
+    """While active, ``pipeline`` (a diffusers inpaint pipeline, job-local) starts from image
+    latents whose masked part is replaced, as A1111's "masked content" does: ``latent_noise``
+    puts unit Gaussian noise there, drawn from the job's generators (one per image, so a seed
+    gives the same result every time), ``latent_nothing`` zeros.
+
+    ``mask`` is the repaint mask at the generation size (uint8; >= 128 repaints, as the
+    pipeline binarises it); it is brought to latent size the way the pipeline does (nearest).
+
+    The pipelines take ``image`` as ready-made latents when it has the VAE's latent channels,
+    so the encoded and filled latents are handed to ``prepare_latents`` in place of the
+    pixels; the same VAE call and generator the pipeline would use encode them. At strength
+    1 diffusers starts from pure noise and keeps the image latents only outside the mask, so
+    the latent modes then change nothing — as A1111's, they are for strength below 1.
+    """
+    if mode not in LATENT_FILL_MODES:
+        raise JobError(f"latent fill mode {mode!r} is not one of {', '.join(LATENT_FILL_MODES)}")
+    original = pipeline.prepare_latents
+    signature = inspect.signature(original)
+
+    def prepare_latents(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        values = bound.arguments
+        image = values.get("image")
+        strength_max = values.get("is_strength_max", True)
+        needed = values.get("return_image_latents", False) or (values.get("latents") is None and not strength_max)
+        if image is not None and image.shape[1] != pipeline.vae.config.latent_channels and needed:
+            values["image"] = _filled_latents(pipeline, image, values, mode, mask)
+        return original(*bound.args, **bound.kwargs)
+
+    pipeline.prepare_latents = prepare_latents
+    try:
+        yield pipeline
+    finally:
+        if pipeline.__dict__.get("prepare_latents") is prepare_latents:
+            del pipeline.__dict__["prepare_latents"]
+
+
+def _filled_latents(pipeline: Any, image: Any, values: dict[str, Any], mode: str, mask: np.ndarray) -> Any:
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, dtype, generator = values["device"], values["dtype"], values["generator"]
+    batch_size = values["batch_size"]
+    latents = pipeline._encode_vae_image(image=image.to(device=device, dtype=dtype), generator=generator)
+    latents = latents.repeat(batch_size // latents.shape[0], 1, 1, 1)
+    repaint = torch.from_numpy((mask >= 128).astype(np.float32))[None, None]
+    repaint = torch.nn.functional.interpolate(repaint, size=tuple(latents.shape[-2:])).to(device=device, dtype=dtype)
+    if mode == "latent_noise":
+        replacement = randn_tensor(tuple(latents.shape), generator=generator, device=device, dtype=dtype)
+    else:
+        replacement = torch.zeros_like(latents)
+    return latents * (1 - repaint) + replacement * repaint
 
 
 def _rgb(pixels: np.ndarray, what: str) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""`ctrlgen serve`: argument parsing only; the work is imported when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _size(text: str) -> int:
+    """A byte count: 1048576, 64M, 2G (binary units)."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in "KMG" else text
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 1048576, 64M, 2G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a size must be positive")
+    return value
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .server import ServerConfig, serve
+
+    config = ServerConfig(
+        host=args.host, port=args.port, unix_socket=args.unix_socket, allow_remote=args.allow_remote,
+        allowed_origins=tuple(args.allowed_origin or ()), allowed_hosts=tuple(args.allowed_host or ()),
+        device=args.device, result_ttl_s=args.result_ttl, max_queue=args.max_queue,
+        max_results=args.max_results, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+        max_side=args.max_side, max_upload_memory=args.max_upload_memory,
+        config_dir=Path(args.config_dir) if args.config_dir else None, log_level=args.log_level)
+    return serve(config)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to ``ctrlgen``'s parser."""
+    p = sub.add_parser("serve", help="run the local bridge server host apps talk to (docs/protocol.md)",
+                       description="Serve protocol v1 over HTTP on loopback (and optionally a Unix socket). "
+                                   "The token is created in `ctrlgen config-dir` on first start.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7421, help="TCP port (default 7421; 0 lets the system pick)")
+    p.add_argument("--unix-socket", metavar="PATH", help="also listen on this Unix socket (created mode 0600)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (prints a warning; the token is still required)")
+    p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
+                   help="a web origin whose requests are accepted (default: none); repeatable")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="with --allow-remote: a Host name accepted besides loopback names; repeatable "
+                        "(without any, every Host is accepted)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--result-ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="how long results of ended jobs stay downloadable (default 3600)")
+    p.add_argument("--max-queue", type=int, default=100, metavar="N", help="jobs that may wait (default 100)")
+    p.add_argument("--max-results", type=int, default=100, metavar="N",
+                   help="ended jobs kept with their results; older ones are dropped first (default 100)")
+    p.add_argument("--max-upload-bytes", type=_size, default=256 * 2**20, metavar="SIZE",
+                   help="largest upload body (default 256M)")
+    p.add_argument("--max-pixels", type=int, default=8192 * 8192, metavar="N",
+                   help="largest image in pixels (default 8192*8192)")
+    p.add_argument("--max-side", type=int, default=8192, metavar="PX", help="longest image side (default 8192)")
+    p.add_argument("--max-upload-memory", type=_size, default=2 * 2**30, metavar="SIZE",
+                   help="memory for uploaded images; oldest unused ones are dropped first (default 2G)")
+    p.add_argument("--config-dir", help="where token and server.json live (default: `ctrlgen config-dir`)")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
