@@ -193,7 +193,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .jobs import load_job
 
     job = load_job(args.job)
-    engine = Engine(device=args.device)
+    engine = Engine(device=args.device, precision=args.precision, memory=args.memory, vae_tiling=args.vae_tiling)
     result = engine.run(job, on_event=_progress_printer(args.quiet))
     paths = result.save(Path(args.out), stem=Path(args.job).stem)
     if args.json:
@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job file (see docs/jobs.md)")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default=None, help="auto (fp16 on GPUs, fp32 on CPU), float16, bfloat16, float32")
+    p.add_argument("--memory", default=None,
+                   help="auto (from free memory), none, model_offload or sequential_offload (low-VRAM cards)")
+    p.add_argument("--vae-tiling", default=None, help="auto, on or off: decode big images in tiles")
     p.add_argument("--json", action="store_true", help="print outputs as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)

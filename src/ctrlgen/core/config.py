@@ -69,6 +69,9 @@ class Settings:
     model_roots: tuple[Path, ...] = ()
     allow_pickle: bool = False
     device: str = "auto"
+    precision: str = "auto"
+    memory: str = "auto"
+    vae_tiling: str = "auto"
     hf_cache: bool = True
     source: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -82,11 +85,11 @@ def load_settings() -> Settings:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise CtrlgenError(f"{path} is not valid TOML ({exc}); fix or delete it") from None
-    unknown = set(data) - {"model_roots", "allow_pickle", "device", "hf_cache"}
+    known = ("model_roots", "allow_pickle", "device", "precision", "memory", "vae_tiling", "hf_cache")
+    unknown = set(data) - set(known)
     if unknown:
         raise CtrlgenError(
-            f"{path}: unknown setting(s) {', '.join(sorted(unknown))}; "
-            "known: model_roots, allow_pickle, device, hf_cache"
+            f"{path}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}"
         )
     roots = data.get("model_roots", [])
     if isinstance(roots, str):
@@ -102,6 +105,9 @@ def load_settings() -> Settings:
         model_roots=tuple(Path(r).expanduser() for r in roots),
         allow_pickle=bool(data.get("allow_pickle", False)) if allow_pickle is None else allow_pickle,
         device=os.environ.get("CTRLGEN_DEVICE") or str(data.get("device", "auto")),
+        precision=os.environ.get("CTRLGEN_PRECISION") or str(data.get("precision", "auto")),
+        memory=os.environ.get("CTRLGEN_MEMORY") or str(data.get("memory", "auto")),
+        vae_tiling=os.environ.get("CTRLGEN_VAE_TILING") or str(data.get("vae_tiling", "auto")),
         hf_cache=bool(data.get("hf_cache", True)) if hf_cache is None else hf_cache,
         source={"config_file": str(path)},
     )

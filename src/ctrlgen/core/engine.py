@@ -94,6 +94,7 @@ class JobResult:
     seeds: list[int]
     control_maps: list[np.ndarray] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
+    memory: Any = None  # the MemoryPlan the job ran with (offload, VAE tiling/slicing, why)
 
     def save(self, folder: Path, stem: str = "ctrlgen") -> list[Path]:
         """Write PNGs carrying the job's parameters (A1111 ``parameters`` + ``ctrlgen-job`` JSON)."""
@@ -145,16 +146,25 @@ def infotext(job: Job, seed: int, model_name: str) -> str:
 class Engine:
     """Runs jobs. Thread-compatible: one job at a time per engine (the server's worker)."""
 
-    def __init__(self, store: Any = None, device: str | None = None, precision: str = "auto") -> None:
+    def __init__(self, store: Any = None, device: str | None = None, precision: str | None = None,
+                 memory: str | None = None, vae_tiling: str | None = None) -> None:
+        """``device`` (auto, cpu, cuda[:N], mps), ``precision`` (auto, float16, bfloat16, float32),
+        ``memory`` (auto, none, model_offload, sequential_offload) and ``vae_tiling`` (auto, on,
+        off) default to the settings (config.toml, ``CTRLGEN_*``); see :mod:`ctrlgen.core.memory`."""
         from .config import load_settings
+        from .memory import check_modes
 
         settings = load_settings()
         self.settings = settings
         self._store = store
         self._device_preference = device or settings.device
-        self._precision = precision
+        self._precision = precision or settings.precision
+        self.memory = memory or settings.memory
+        self.vae_tiling = vae_tiling or settings.vae_tiling
+        check_modes(self.memory, self.vae_tiling)
         self._device = None
         self._pipelines: dict[str, Any] = {}
+        self._offloaded: set[str] = set()  # pipelines whose weights stay in RAM (offloaded per job)
         self._controlnets: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -194,10 +204,27 @@ class Engine:
                 pipe = single_file.load_pipeline_from_single_file(
                     entry.path, architecture, pipeline_class, torch_dtype=dtype
                 )
-            pipe.to(self.device.device)
+            plan = self.memory_plan(pipe, architecture, resident=False)
+            if plan.offload == "none":
+                pipe.to(self.device.device)
+            else:
+                self._offloaded.add(key)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[key] = pipe
         return self._pipelines[key]
+
+    def memory_plan(self, pipeline: Any, architecture: str, width: int | None = None, height: int | None = None,
+                    batch: int = 1, resident: bool = False):
+        """How a job of this size fits on the device (:func:`ctrlgen.core.memory.plan_memory`)."""
+        from .memory import free_memory, plan_memory, weight_bytes
+
+        native = 1024 if architecture == "sdxl" else 512
+        weights, largest = weight_bytes(pipeline)
+        return plan_memory(
+            memory=self.memory, vae_tiling=self.vae_tiling, device=self.device.device,
+            free=free_memory(self.device.device), weights=weights, largest=largest,
+            width=width or native, height=height or native, batch=batch,
+            dtype_bytes=2 if self.device.dtype_name != "float32" else 4, resident=resident)
 
     def load_controlnet(self, entry: Any, architecture: str) -> Any:
         key = str(Path(entry.path).resolve())
@@ -205,7 +232,8 @@ class Engine:
             from . import single_file
 
             model = single_file.load_controlnet(entry.path, architecture, torch_dtype=self._load_dtype())
-            self._controlnets[key] = model.to(self.device.device)
+            # Next to offloaded pipelines ControlNets wait in RAM too; the job's offload moves them.
+            self._controlnets[key] = model if self._offloaded else model.to(self.device.device)
         return self._controlnets[key]
 
     def unload(self) -> None:
@@ -214,6 +242,7 @@ class Engine:
         from . import annotators
 
         self._pipelines.clear()
+        self._offloaded.clear()
         self._controlnets.clear()
         annotators.unload()
         with contextlib.suppress(Exception):
@@ -415,6 +444,13 @@ class Engine:
                 stack.enter_context(spec.attach(context, uses))
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled before it started")
+            from .memory import applied
+
+            plan_m = self.memory_plan(context.pipeline, architecture, width, height, job.batch_size,
+                                      resident=str(Path(entry.path).resolve()) not in self._offloaded
+                                      and self.device.device != "cpu")
+            stack.enter_context(applied(context.pipeline, plan_m, self.device.device))
+
             # Encode after the adapters are attached: LoRAs change the text encoder, textual
             # inversions add tokens, and adapters may rewrite the prompt (<lora:name:0.8>).
             plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, total,
@@ -435,6 +471,7 @@ class Engine:
             seeds=seeds,
             control_maps=[unit.control_image for unit in units] + list(context.control_maps),
             infotexts=[infotext(job, s, model_name) for s in seeds],
+            memory=plan_m,
         )
 
 
