@@ -2,7 +2,7 @@
 
 Public API (everything else is internal and may change)::
 
-    from ctrlgen import hookimpl, Param, PreprocessorSpec, AdapterSpec, HostBridgeSpec, ModelSourceSpec
+    from ctrlgen import hookimpl, Param, PreprocessorSpec, AdapterSpec, ArchitectureSpec, HostBridgeSpec, ModelSourceSpec
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from .core.plugins import hookimpl
 from .core.specs import (
     AdapterSpec,
+    ArchitectureSpec,
     HostBridgeSpec,
     ModelRoot,
     ModelSourceSpec,
@@ -31,6 +32,7 @@ def preprocess(name: str, image, mask=None, **params) -> PreprocessResult:
 
 __all__ = [
     "AdapterSpec",
+    "ArchitectureSpec",
     "HostBridgeSpec",
     "ModelRoot",
     "ModelSourceSpec",

@@ -237,12 +237,12 @@ def test_latents_to_rgb_is_the_linear_latent_projection():
 
     latents = np.zeros((1, 4, 2, 3), np.float32)
     latents[0, 0, 1, 2] = 1.0  # one latent pixel, first channel only
-    rgb = latents_to_rgb(latents, "sd15", max_side=3)
+    rgb = latents_to_rgb(latents, LATENT_RGB["sd"], max_side=3)
     factors, _ = LATENT_RGB["sd"]
     expected = ((np.clip(np.asarray(factors[0]), -1, 1) + 1) * 127.5 + 0.5).astype(np.uint8)
     assert rgb.shape == (2, 3, 3) and np.array_equal(rgb[1, 2], expected)
     assert np.array_equal(rgb[0, 0], [128, 128, 128])  # a zero latent is mid grey in SD1.5's space
-    sdxl = latents_to_rgb(np.zeros((4, 4, 4), np.float32), "sdxl", max_side=64)
+    sdxl = latents_to_rgb(np.zeros((4, 4, 4), np.float32), LATENT_RGB["sdxl"], max_side=64)
     assert sdxl.shape == (64, 64, 3) and not np.array_equal(sdxl[0, 0], [128, 128, 128])  # SDXL has a bias
-    with pytest.raises(ValueError, match="not a 4-channel latent image"):
-        latents_to_rgb(np.zeros((3, 4, 4)), "sd15")
+    with pytest.raises(ValueError, match="do not have the 4 channels"):
+        latents_to_rgb(np.zeros((16, 4, 4)), LATENT_RGB["sd"])

@@ -31,8 +31,6 @@ from .specs import validate_params
 # RGB or H×W×4 RGBA). The default reads files; the server resolves its uploads.
 ImageSource = Callable[[str, str], np.ndarray]
 
-# Architectures the engine runs; ctrlgen.core.tasks maps each (architecture, task) to its pipeline class.
-SUPPORTED_ARCHITECTURES = ("sd15", "sd2", "sdxl")
 
 
 @dataclass
@@ -217,8 +215,9 @@ class Engine:
                     batch: int = 1, resident: bool = False):
         """How a job of this size fits on the device (:func:`ctrlgen.core.memory.plan_memory`)."""
         from .memory import free_memory, plan_memory, weight_bytes
+        from .tasks import architecture_spec
 
-        native = 1024 if architecture == "sdxl" else 512
+        native = architecture_spec(architecture).native_size
         weights, largest = weight_bytes(pipeline)
         return plan_memory(
             memory=self.memory, vae_tiling=self.vae_tiling, device=self.device.device,
@@ -258,11 +257,12 @@ class Engine:
         problem = entry.identity.details.get("error")
         if problem:
             raise JobError(f"model {job.model!r} cannot be used: {problem}")
-        if architecture not in SUPPORTED_ARCHITECTURES:
-            raise JobError(
-                f"model {job.model!r} ({entry.path}) is a {architecture} model; ctrlgen can run "
-                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))} models (other architectures come as plugins)"
-            )
+        from .tasks import architecture_spec
+
+        try:
+            architecture_spec(architecture)
+        except JobError as exc:
+            raise JobError(f"model {job.model!r} ({entry.path}) is a {architecture} model: {exc}") from None
         if entry.identity.kind not in ("checkpoint", "pipeline"):
             raise JobError(
                 f"model {job.model!r} ({entry.path}) is a {entry.identity.kind}, not a full checkpoint; "
@@ -384,6 +384,12 @@ class Engine:
         emit("started")
         entry = self.resolve_checkpoint(job)
         architecture = entry.identity.architecture
+        from . import tasks
+
+        tasks.architecture_spec(architecture).pipeline_class(job.task)  # can it do this task at all?
+        if job.control and not any(tasks.architecture_spec(architecture).pipelines.get((job.task, kind))
+                                   for kind in (True, "union")):
+            tasks.architecture_spec(architecture).pipeline_class(job.task, True)  # raises, naming what it can do
         units = self.prepare_units(job, architecture, images)
         adapters = self.prepare_adapters(job, architecture)
         base = self.load_pipeline(entry)
@@ -397,9 +403,12 @@ class Engine:
         from . import tasks
         from .conditioning import plan_prompts
 
-        task_inputs = tasks.prepare(job, width, height, images or load_image_file, base.unet.config.in_channels)
-        pipeline_class = tasks.pipeline_class(architecture, job.task)
-        pipeline = pipeline_class.from_pipe(base, scheduler=make_scheduler(job.sampler, base.scheduler.config))
+        task_inputs = tasks.prepare(job, width, height, images or load_image_file, _denoiser(base).config.in_channels)
+        arch = tasks.architecture_spec(architecture)
+        pipeline_class = arch.pipeline_class(job.task)
+        scheduler = (make_scheduler(job.sampler, base.scheduler.config) if arch.a1111_samplers
+                     else type(base.scheduler).from_config(base.scheduler.config))
+        pipeline = pipeline_class.from_pipe(base, scheduler=scheduler)
         pipeline.set_progress_bar_config(disable=True)
 
         call_kwargs: dict[str, Any] = dict(
@@ -421,17 +430,17 @@ class Engine:
 
         def on_step_end(pipe, step, timestep, tensors):
             # Prompt editing: the step that follows (1-based step + 2) may use another stage.
-            stage = plan.stage_for_step(step + 2)
+            stage = plan.stage_for_step(step + 2) if plan is not None else 0
             if stage != current_stage[0]:
                 current_stage[0] = stage
                 tensors.update(_stage_tensors(pipe, plan, stage))
             for callback in context.step_callbacks:
                 tensors.update(callback(pipe, step, timestep, tensors) or {})
             emit("progress", step=step + 1, total=total)
-            if preview_every and ((step + 1) % preview_every == 0 or step + 1 == total):
+            if preview_every and arch.latent_rgb and ((step + 1) % preview_every == 0 or step + 1 == total):
                 from .preview import latents_to_rgb
 
-                emit("preview", step=step + 1, total=total, image=latents_to_rgb(tensors["latents"], architecture))
+                emit("preview", step=step + 1, total=total, image=latents_to_rgb(tensors["latents"], arch.latent_rgb))
             if cancel is not None and cancel.is_set():
                 pipe._interrupt = True
             return tensors
@@ -453,11 +462,16 @@ class Engine:
 
             # Encode after the adapters are attached: LoRAs change the text encoder, textual
             # inversions add tokens, and adapters may rewrite the prompt (<lora:name:0.8>).
-            plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, total,
-                                job.batch_size, job.clip_skip)
-            context.call_kwargs.update(plan.call_kwargs(0))
-            pooled = "pooled_prompt_embeds" in context.call_kwargs
-            inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if pooled else [])
+            if arch.prompt_weighting:
+                plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, total,
+                                    job.batch_size, job.clip_skip)
+                context.call_kwargs.update(plan.call_kwargs(0))
+                pooled = "pooled_prompt_embeds" in context.call_kwargs
+                inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if pooled else [])
+            else:  # the pipeline encodes the text itself (T5-based models and the like)
+                context.call_kwargs.update(prompt=[context.prompt] * job.batch_size,
+                                           negative_prompt=[context.negative_prompt] * job.batch_size)
+                inputs = ["latents"]
             output = context.pipeline(**context.call_kwargs, callback_on_step_end=on_step_end,
                                       callback_on_step_end_tensor_inputs=inputs)
         if cancel is not None and cancel.is_set():
@@ -473,6 +487,12 @@ class Engine:
             infotexts=[infotext(job, s, model_name) for s in seeds],
             memory=plan_m,
         )
+
+
+def _denoiser(pipeline: Any) -> Any:
+    """The pipeline's denoising network: a UNet (SD/SDXL) or a transformer (SD3, FLUX, ...)."""
+    unet = getattr(pipeline, "unet", None)
+    return unet if unet is not None else pipeline.transformer
 
 
 def _stage_tensors(pipe: Any, plan: Any, stage: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     from .events import JobEvent
     from .plugins import AppContext
-    from .specs import AdapterSpec, HostBridgeSpec, ModelSourceSpec, PreprocessorSpec
+    from .specs import AdapterSpec, ArchitectureSpec, HostBridgeSpec, ModelSourceSpec, PreprocessorSpec
 
 hookspec = pluggy.HookspecMarker("ctrlgen")
 
@@ -53,6 +53,28 @@ def ctrlgen_adapters() -> Iterable[AdapterSpec]:
         def ctrlgen_adapters():
             yield AdapterSpec(name="my_adapter", attach=attach_my_adapter,
                               params=(Param("weight", "float", default=1.0, min=0, max=2),))
+    """
+
+
+@hookspec
+def ctrlgen_architectures() -> Iterable[ArchitectureSpec]:
+    """Yield the model architectures the engine can run, with their pipeline classes.
+
+    SD1.5, SD2 and SDXL are built in this way; a plugin adds SD3, FLUX or its own family
+    (the model store identifies ``sd3``/``flux`` checkpoints already).
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_architectures():
+            yield ArchitectureSpec(
+                name="sd3",
+                pipelines={("txt2img", False): "StableDiffusion3Pipeline",
+                           ("img2img", False): "StableDiffusion3Img2ImgPipeline",
+                           ("inpaint", False): "StableDiffusion3InpaintPipeline"},
+                prompt_weighting=False,  # T5 + CLIP: the pipeline encodes the prompt itself
+                native_size=1024,
+            )
     """
 
 

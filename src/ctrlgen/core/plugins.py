@@ -55,6 +55,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ctrlgen.preprocessors.shuffle",
     "ctrlgen.preprocessors.tile",
     "ctrlgen.preprocessors.inpaint",
+    "ctrlgen.core.builtin_architectures",
     "ctrlgen.adapters.controlnet",
     "ctrlgen.adapters.reference",
     "ctrlgen.adapters.lora",

@@ -5,7 +5,7 @@ image patch it encodes, so one 4×3 matrix (fitted once per latent space, the wa
 ComfyUI's and A1111's "approx NN/cheap" previews work) gives a recognisable thumbnail in
 well under a millisecond — no VAE decode, no extra GPU memory. The factors below are the
 widely used least-squares fits for the released SD1.5/SD2 and SDXL VAEs; other latent
-spaces can be added to :data:`LATENT_RGB`.
+spaces bring theirs in their :class:`~ctrlgen.core.specs.ArchitectureSpec` (``latent_rgb``).
 """
 
 from __future__ import annotations
@@ -35,25 +35,22 @@ LATENT_RGB: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float,
 PREVIEW_SIDE = 256  # longest side of a preview image
 
 
-def latent_space(architecture: str) -> str:
-    return "sdxl" if architecture == "sdxl" else "sd"
-
-
-def latents_to_rgb(latents: Any, architecture: str, max_side: int = PREVIEW_SIDE) -> np.ndarray:
+def latents_to_rgb(latents: Any, latent_rgb: tuple, max_side: int = PREVIEW_SIDE) -> np.ndarray:
     """The first latent of a batch as a small ``uint8`` H×W×3 RGB preview.
 
-    ``latents`` is a torch tensor or array shaped (B, 4, h, w) or (4, h, w). The preview is
-    the latent grid upscaled to at most ``max_side`` on its longest side (nearest-neighbour:
-    a preview, not a result).
+    ``latents`` is a torch tensor or array shaped (B, C, h, w) or (C, h, w); ``latent_rgb`` is
+    ``(factors, bias)``: C rows of 3 factors and 3 biases (an architecture's ``latent_rgb``).
+    The preview is the latent grid upscaled to at most ``max_side`` on its longest side
+    (nearest-neighbour: a preview, not a result).
     """
+    factors, bias = (np.asarray(part, np.float32) for part in latent_rgb)
     array = latents.detach().float().cpu().numpy() if hasattr(latents, "detach") else np.asarray(latents)
     if array.ndim == 4:
         array = array[0]
-    if array.ndim != 3 or array.shape[0] != 4:
-        raise ValueError(f"latents of shape {tuple(array.shape)} are not a 4-channel latent image")
-    factors, bias = LATENT_RGB[latent_space(architecture)]
-    rgb = np.tensordot(array.astype(np.float32), np.asarray(factors, np.float32), axes=([0], [0]))
-    rgb += np.asarray(bias, np.float32)
+    if array.ndim != 3 or array.shape[0] != factors.shape[0]:
+        raise ValueError(f"latents of shape {tuple(array.shape)} do not have the {factors.shape[0]} channels "
+                         "the preview factors are for")
+    rgb = np.tensordot(array.astype(np.float32), factors, axes=([0], [0])) + bias
     pixels = ((np.clip(rgb, -1.0, 1.0) + 1.0) * 127.5 + 0.5).astype(np.uint8)
     height, width = pixels.shape[:2]
     scale = max(1, max_side // max(height, width))

@@ -315,9 +315,65 @@ def _check_param_names(owner: str, params: tuple[Param, ...]) -> None:
         seen.add(param.name)
 
 
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """A model family the engine can run (SD1.5, SDXL, ...; SD3 or FLUX from plugins).
+
+    ``name`` is the architecture the model store identifies (``sd15``, ``sd2``, ``sdxl``,
+    ``sd3``, ``flux``, or a plugin's own). ``pipelines`` maps ``(task, controlnet)`` —
+    task ``txt2img``/``img2img``/``inpaint``, controlnet ``False``, ``True`` or ``"union"`` —
+    to a diffusers pipeline class or its name in ``diffusers``; a missing pair means the
+    architecture cannot do that. ``prompt_weighting``: prompts go through ctrlgen's A1111
+    weighting and prompt-editing encoder (CLIP text encoders like SD/SDXL's); otherwise the
+    pipeline gets the prompt text. ``latent_rgb`` gives cheap previews (a 3-column matrix
+    with one row per latent channel, and 3 biases); without it no previews are sent.
+    ``native_size`` is the side the model was trained at. ``a1111_samplers``: the job's
+    sampler names (Euler a, DPM++ 2M Karras, ...) map onto this model's noise schedule;
+    otherwise (flow-matching models) the model's own scheduler runs.
+    """
+
+    name: str
+    pipelines: dict[tuple[str, bool | str], Any]
+    description: str = ""
+    prompt_weighting: bool = True
+    a1111_samplers: bool = True
+    latent_rgb: tuple[tuple[tuple[float, ...], ...], tuple[float, ...]] | None = None
+    native_size: int = 512
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+        object.__setattr__(self, "pipelines", dict(self.pipelines))
+        for key in self.pipelines:
+            if not (isinstance(key, tuple) and len(key) == 2 and key[0] in ("txt2img", "img2img", "inpaint")
+                    and key[1] in (False, True, "union")):
+                raise ValueError(
+                    f"architecture {self.name!r}: pipelines key {key!r} must be (task, controlnet) with task "
+                    "txt2img/img2img/inpaint and controlnet False/True/'union'"
+                )
+        if ("txt2img", False) not in self.pipelines:
+            raise ValueError(f"architecture {self.name!r} needs a ('txt2img', False) pipeline")
+
+    def pipeline_class(self, task: str, controlnet: bool | str = False):
+        """The pipeline class for ``task`` with ``controlnet``; a clear error if there is none."""
+        from .errors import JobError
+
+        target = self.pipelines.get((task, controlnet))
+        if target is None:
+            kind = {False: "", True: " with ControlNet", "union": " with a union ControlNet"}[controlnet]
+            can = ", ".join(sorted(f"{t}{'+' + str(c) if c else ''}" for t, c in self.pipelines))
+            raise JobError(f"{self.name} models cannot do {task}{kind} here (can: {can})")
+        if isinstance(target, str):
+            import diffusers
+
+            return getattr(diffusers, target)
+        return target
+
+
 SPEC_TYPES: dict[str, type] = {
     "preprocessors": PreprocessorSpec,
     "adapters": AdapterSpec,
+    "architectures": ArchitectureSpec,
     "host_bridges": HostBridgeSpec,
     "model_sources": ModelSourceSpec,
 }
