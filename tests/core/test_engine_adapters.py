@@ -157,3 +157,13 @@ def test_adapter_image_params_resolve_next_to_the_job_file(scaler, tmp_path):
     assert first["reference"] == str((tmp_path / "jobs" / "refs" / "face.png").resolve())
     assert "reference" not in second  # optional and not given: stays absent, validated to None later
     assert unknown["image"] == "x.png"  # unknown adapters are reported when the job runs
+
+
+def test_missing_adapter_models_and_images_are_refused_before_the_checkpoint_loads(scaler, tiny_model_root, tmp_path):
+    fresh = Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+    with pytest.raises(CtrlgenError, match=r"adapters\[0\] \(latent_scaler\)\.reference: file .*missing\.png does not"):
+        fresh.run(job(adapters=[{"type": "latent_scaler", "reference": str(tmp_path / "missing.png")}]))
+    with pytest.raises(CtrlgenError, match=r"adapters\[1\] \(ip_adapter\)\.model: Model 'no-such-ip-adapter' was not"):
+        fresh.run(job(adapters=[{"type": "latent_scaler"},
+                                {"type": "ip_adapter", "model": "no-such-ip-adapter", "image": str(tmp_path)}]))
+    assert fresh._pipelines == {} and scaler == []  # nothing loaded, nothing attached

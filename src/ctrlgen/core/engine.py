@@ -302,7 +302,29 @@ class Engine:
             units.append(PreparedUnit(index, entry, control, params, unit.preprocessor, pre_params))
         return units
 
-    def prepare_adapters(self, job: Job, architecture: str) -> list[tuple[Any, list[dict[str, Any]]]]:
+    def _check_resources(self, spec: Any, params: dict[str, Any], owner: str, images: ImageSource | None) -> None:
+        """Before any model loads: the models and images an adapter use names must exist."""
+        for param in spec.params:
+            value = params.get(param.name)
+            if value is None or value == "" or value == "auto":
+                continue
+            if param.type == "model":
+                try:
+                    self.store.find(value, category=param.category or None)
+                except CtrlgenError as exc:
+                    raise JobError(f"{owner}.{param.name}: {exc}") from None
+            elif param.type == "image" or (param.type == "json" and param.name.endswith("images")):
+                refs = value if isinstance(value, list) else [value]
+                for ref in refs:
+                    if not isinstance(ref, str):
+                        continue
+                    if images is not None:
+                        images(ref, f"{owner}.{param.name}")  # raises for an unknown reference
+                    elif not Path(ref).is_file():
+                        raise JobError(f"{owner}.{param.name}: file {ref} does not exist")
+
+    def prepare_adapters(self, job: Job, architecture: str,
+                         images: ImageSource | None = None) -> list[tuple[Any, list[dict[str, Any]]]]:
         """Validate ``job.adapters`` against each adapter's schema; grouped per adapter in the
         order they first appear (an adapter gets all its uses in one ``attach`` call)."""
         registry = get_registry("adapters")
@@ -318,6 +340,7 @@ class Engine:
                     f"not this {architecture} checkpoint"
                 )
             params = validate_params(spec.params, use.params(), f"{owner} ({spec.name})")
+            self._check_resources(spec, params, f"{owner} ({spec.name})", images)
             groups.setdefault(spec.name, (spec, []))[1].append(params)
         always = [(spec, []) for spec in registry
                   if spec.always and spec.name not in groups and architecture in spec.architectures]
@@ -391,7 +414,7 @@ class Engine:
                                    for kind in (True, "union")):
             tasks.architecture_spec(architecture).pipeline_class(job.task, True)  # raises, naming what it can do
         units = self.prepare_units(job, architecture, images)
-        adapters = self.prepare_adapters(job, architecture)
+        adapters = self.prepare_adapters(job, architecture, images)
         base = self.load_pipeline(entry)
         from .samplers import make_scheduler
 
