@@ -12,8 +12,6 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
 def test_every_adapter_and_param_is_documented(fresh_plugins):
     text = DOC.read_text(encoding="utf-8")
     for spec in get_registry("adapters"):
-        if spec.name == "controlnet":
-            continue
         assert f"`{spec.name}`" in text, spec.name
         for param in spec.params:
             assert f"`{param.name}`" in text, f"{spec.name}.{param.name}"

@@ -82,7 +82,7 @@ def with_identitynet(
             f"{label}: IdentityNet cannot join a {type(existing).__name__} (ControlNet union models); "
             "use separate ControlNet models in the job's control units"
         )
-    if any(net is identitynet for net in nets):
+    if any(getattr(net, "ctrlgen_base_model", net) is identitynet for net in nets):
         raise JobError(
             f"{label}.controlnet is also used as a control unit; IdentityNet reads the face, not the "
             "prompt, so give it only to instantid"

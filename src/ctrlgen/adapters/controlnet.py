@@ -1,14 +1,31 @@
 """ControlNet: steer generation with control maps (edges, depth, pose, ...).
 
-Several units per job; each brings a ControlNet model, a control map, a weight and the
-fraction of the steps it acts in. The pipeline is swapped for a job-local ControlNet view
-(``from_pipe``) so the cached base pipeline is never modified.
+Several units per job; each brings a ControlNet model, a control map, a weight, the fraction
+of the steps it acts in and a control mode (sd-webui-controlnet's balanced / my prompt is more
+important / ControlNet is more important, see :mod:`ctrlgen.adapters._controlnet_modes`).
+The pipeline is swapped for a job-local ControlNet view (``from_pipe``) so the cached base
+pipeline is never modified.
+
+* **ControlNet inpaint** on a regular checkpoint: a unit with preprocessor ``inpaint`` (or
+  ``inpaint_only``) in an inpaint job is conditioned on the job's picture with the pixels to
+  repaint set to -1, from the same image and mask (grown, inverted, cropped for only-masked)
+  that the inpaint pipeline gets. The hint goes to diffusers as a float tensor: its ControlNet
+  image processor does not normalise, so -1 arrives as -1.
+* **SDXL union ControlNets** (``ControlNetUnionModel``): each unit has a ``control_type``
+  (:mod:`ctrlgen.adapters._controlnet_union`). Units that share one union model run as one
+  multi-condition pass (diffusers' ``control_image`` + ``control_mode`` lists); units on
+  different union models run side by side (``MultiControlNetUnionModel``). Union and regular
+  ControlNets cannot be mixed in one job: diffusers has no pipeline for that.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
+from ctrlgen.adapters._controlnet_inpaint import INPAINT_PREPROCESSORS, is_inpaint_preprocessor  # noqa: F401
+from ctrlgen.adapters._controlnet_modes import CONTROL_MODES, ControlModeParam
+from ctrlgen.adapters._controlnet_union import CONTROL_TYPE_CHOICES
 from ctrlgen.core.plugins import hookimpl
 from ctrlgen.core.specs import AdapterSpec, Param
 
@@ -19,40 +36,55 @@ PARAMS = (
           description="Fraction of the steps after which the unit starts acting"),
     Param("guidance_end", "float", default=1.0, min=0.0, max=1.0, step=0.01,
           description="Fraction of the steps after which the unit stops acting"),
+    ControlModeParam("control_mode", "choice", default="balanced", choices=CONTROL_MODES,
+                     description="balanced; prompt (My prompt is more important: deeper residuals weigh more, "
+                                 "0.825**(12-i)); controlnet (ControlNet is more important: that, and no control "
+                                 "on the negative-prompt half of guidance). sd-webui-controlnet's names work too"),
+    Param("control_type", "choice", default="auto", choices=CONTROL_TYPE_CHOICES,
+          description="Union ControlNets only: what the control map is; auto picks it from the preprocessor"),
 )
 
 
 @contextlib.contextmanager
 def attach_controlnet(context, units):
     """Swap in a ControlNet pipeline view for ``units`` (PreparedUnit list) for one job."""
-    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
-
-    from ctrlgen.core.engine import fit_control
     from ctrlgen.core.errors import JobError
-    from ctrlgen.core.tasks import control_image_key, pipeline_class
 
+    union = [unit.model_entry.identity.variant == "union" for unit in units]
     for unit in units:
-        if unit.params["guidance_start"] >= unit.params["guidance_end"]:
+        params, label = unit.params, f"control[{unit.index}]"
+        if params["guidance_start"] >= params["guidance_end"]:
             raise JobError(
-                f"control[{unit.index}].guidance_start={unit.params['guidance_start']} must be below "
-                f"guidance_end={unit.params['guidance_end']}"
+                f"{label}.guidance_start={params['guidance_start']} must be below "
+                f"guidance_end={params['guidance_end']}"
             )
-    models = [context.engine.load_controlnet(unit.model_entry, context.architecture) for unit in units]
-    controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
-    task = context.job.task
+        if unit.model_entry.identity.variant != "union" and params["control_type"] != "auto":
+            raise JobError(
+                f"{label}.control_type={params['control_type']!r} is for union ControlNets; "
+                f"{unit.model_entry.name!r} is a regular one (it knows its control type): drop control_type"
+            )
+    if any(union) and not all(union):
+        names = ", ".join(f"control[{u.index}] ({u.model_entry.name})" for u, is_u in zip(units, union, strict=True)
+                          if is_u)
+        raise JobError(
+            f"union ControlNets ({names}) cannot run with regular ControlNets in one job (diffusers has no "
+            "pipeline for both); use the union model for every unit, or only regular ControlNets"
+        )
+    from ctrlgen.adapters._controlnet_inpaint import control_images
+
+    images = control_images(context, units, union_kind=all(union))
     original_pipeline, original_kwargs = context.pipeline, dict(context.call_kwargs)
-    context.pipeline = pipeline_class(context.architecture, task, controlnet=True).from_pipe(
+    if all(union):
+        controlnet, kwargs = _union_controlnet(context, units, images)
+    else:
+        controlnet, kwargs = _regular_controlnet(context, units, images)
+    from ctrlgen.core.tasks import pipeline_class
+
+    kind = "union" if all(union) else True
+    context.pipeline = pipeline_class(context.architecture, context.job.task, controlnet=kind).from_pipe(
         original_pipeline, controlnet=controlnet)
     context.pipeline.set_progress_bar_config(disable=True)
-    modes = [context.job.control[unit.index].resize_mode for unit in units]
-    images = fit_control(units, context.width, context.height, modes)
-    single = len(units) == 1
-    context.call_kwargs.update({control_image_key(task): images[0] if single else images})
-    context.call_kwargs.update(
-        controlnet_conditioning_scale=units[0].params["weight"] if single else [u.params["weight"] for u in units],
-        control_guidance_start=[u.params["guidance_start"] for u in units],
-        control_guidance_end=[u.params["guidance_end"] for u in units],
-    )
+    context.call_kwargs.update(kwargs)
     try:
         yield context
     finally:
@@ -61,13 +93,76 @@ def attach_controlnet(context, units):
         context.call_kwargs.update(original_kwargs)
 
 
+def _has_uncond_half(context):
+    """Whether a ControlNet batch of ``rows`` holds [unconditional, conditional] halves."""
+
+    def check(rows: int) -> bool:
+        guided = bool(getattr(context.pipeline, "do_classifier_free_guidance", False))
+        return guided and rows == 2 * context.job.batch_size
+
+    return check
+
+
+def _moded(context, unit, model):
+    from ctrlgen.adapters._controlnet_modes import with_control_mode
+
+    return with_control_mode(model, unit.params["control_mode"], _has_uncond_half(context))
+
+
+def _regular_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    from ctrlgen.core.tasks import control_image_key
+
+    nets = [_moded(context, u, context.engine.load_controlnet(u.model_entry, context.architecture)) for u in units]
+    single = len(units) == 1
+    kwargs = {
+        control_image_key(context.job.task): images[0] if single else images,
+        "controlnet_conditioning_scale": units[0].params["weight"] if single else [u.params["weight"] for u in units],
+        "control_guidance_start": [u.params["guidance_start"] for u in units],
+        "control_guidance_end": [u.params["guidance_end"] for u in units],
+    }
+    return (nets[0] if single else MultiControlNetModel(nets)), kwargs
+
+
+def _union_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
+    from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
+
+    from ctrlgen.adapters._controlnet_union import resolve_control_type
+    from ctrlgen.core.errors import JobError
+
+    models = [context.engine.load_controlnet(u.model_entry, context.architecture) for u in units]
+    modes = [
+        resolve_control_type(u.params["control_type"], u.preprocessor, m.config.num_control_type, f"control[{u.index}]")
+        for u, m in zip(units, models, strict=True)
+    ]
+    kwargs = {
+        "control_image": images,
+        "control_mode": modes,
+        "controlnet_conditioning_scale": [u.params["weight"] for u in units],
+        "control_guidance_start": [u.params["guidance_start"] for u in units],
+        "control_guidance_end": [u.params["guidance_end"] for u in units],
+    }
+    if all(m is models[0] for m in models):
+        # One union model: one pass with every control image, as the model was trained for.
+        control_modes = {u.params["control_mode"] for u in units}
+        if len(control_modes) > 1:
+            raise JobError(
+                f"control units {', '.join(str(u.index) for u in units)} share the union ControlNet "
+                f"{units[0].model_entry.name!r}, which runs them in one pass; give them one control_mode "
+                f"(got {', '.join(sorted(control_modes))})"
+            )
+        return _moded(context, units[0], models[0]), kwargs
+    return MultiControlNetUnionModel([_moded(context, u, m) for u, m in zip(units, models, strict=True)]), kwargs
+
+
 @hookimpl
 def ctrlgen_adapters():
     yield AdapterSpec(
         name="controlnet",
         attach=attach_controlnet,
         params=PARAMS,
-        description="ControlNet units: control maps steering the denoising",
+        description="ControlNet units: control maps steering the denoising (control modes, inpaint, SDXL union)",
         architectures=("sd15", "sd2", "sdxl"),
         requires=("diffusers",),
     )

@@ -56,6 +56,8 @@ class GenerationContext:
     control_maps: list[np.ndarray] = field(default_factory=list)
     # Where the job's image references are read from (files by default; the server's uploads).
     image_source: ImageSource | None = None
+    # Inpaint jobs: ctrlgen.core.tasks.InpaintFrame (canvas, mask, region), for adapters' maps.
+    inpaint_frame: Any = None
 
     @property
     def device(self) -> str:
@@ -272,6 +274,7 @@ class Engine:
 
     def prepare_units(self, job: Job, architecture: str, images: ImageSource | None = None) -> list[PreparedUnit]:
         """Resolve ControlNet models, validate params and compute control maps (no model loads)."""
+        from ..adapters.controlnet import is_inpaint_preprocessor
         from .preprocess import preprocess
 
         adapter = get_registry("adapters").get("controlnet")
@@ -290,7 +293,8 @@ class Engine:
                 )
             source = read_image(unit.image or job.image, f"{owner}.image", images)
             pre_params = dict(unit.preprocessor_params)
-            if unit.preprocessor.lower() == "none":
+            if unit.preprocessor.lower() == "none" or is_inpaint_preprocessor(unit.preprocessor):
+                # ControlNet inpaint: the adapter builds the hint from the task's image and mask
                 control = to_rgb(source)
             else:
                 spec = get_registry("preprocessors").get(unit.preprocessor)
@@ -311,8 +315,9 @@ class Engine:
             if param.type == "model":
                 try:
                     self.store.find(value, category=param.category or None)
-                except CtrlgenError as exc:
-                    raise JobError(f"{owner}.{param.name}: {exc}") from None
+                except CtrlgenError as exc:  # same type (ModelNotFoundError, ...), message names the use
+                    exc.args = (f"{owner}.{param.name}: {exc}",)
+                    raise exc.with_traceback(None) from None
             elif param.type == "image" or (param.type == "json" and param.name.endswith("images")):
                 refs = value if isinstance(value, list) else [value]
                 for ref in refs:
@@ -446,7 +451,7 @@ class Engine:
         )
         context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height,
                                     prompt=job.prompt, negative_prompt=job.negative_prompt,
-                                    image_source=images)
+                                    image_source=images, inpaint_frame=task_inputs.frame)
         total = task_inputs.steps
         plan = None
         current_stage = [0]
@@ -474,6 +479,8 @@ class Engine:
                 stack.enter_context(adapter.attach(context, units))
             for spec, uses in adapters:
                 stack.enter_context(spec.attach(context, uses))
+            if task_inputs.attach is not None:  # inpaint's latent fill, on the pipeline that will run
+                stack.enter_context(task_inputs.attach(context.pipeline))
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled before it started")
             from .memory import applied

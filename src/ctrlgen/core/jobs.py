@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import JobError
-from .images import RESIZE_MODES
+from .images import MAX_SIDE, RESIZE_MODES
+from .masks import FillMode
 
 Task = Literal["txt2img", "img2img", "inpaint"]
 
@@ -54,11 +55,36 @@ class InpaintOptions(BaseModel):
     grow_px: int = Field(default=0, ge=-256, le=256, description="Grow (or, negative, shrink) the mask")
     feather_px: float = Field(default=4.0, ge=0, le=256, description="Soft edge width [mask blur]")
     invert: bool = Field(default=False, description="Repaint what is NOT masked [inpaint not masked]")
-    fill: Literal["original", "fill"] = Field(
-        default="original", description="Masked content: the original pixels, or colours spread in from around")
+    fill: FillMode = Field(
+        default="original",
+        description="What the masked area starts from [masked content]: 'original' pixels, 'fill' (colours "
+        "spread in from around), 'latent_noise' (random latents, from the job's seed) or 'latent_nothing' (zero "
+        "latents); the latent modes act through strength < 1")
     only_masked: bool = Field(
         default=False, description="Work on the mask's bounds plus padding at full model resolution")
     padding_px: int = Field(default=32, ge=0, le=1024, description="Context around the mask [only masked padding]")
+
+
+class OutpaintOptions(BaseModel):
+    """Outpainting: grow the canvas by these many pixels per side and inpaint the new area.
+
+    The new area starts from the input's edge colours, spread out and blurred; the repainted
+    area reaches ``overlap_px`` into the input so the seam blends (plus the feather)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int = Field(default=0, ge=0, le=MAX_SIDE, description="Pixels added on the left")
+    top: int = Field(default=0, ge=0, le=MAX_SIDE, description="Pixels added at the top")
+    right: int = Field(default=0, ge=0, le=MAX_SIDE, description="Pixels added on the right")
+    bottom: int = Field(default=0, ge=0, le=MAX_SIDE, description="Pixels added at the bottom")
+    overlap_px: int = Field(
+        default=8, ge=0, le=256, description="How far the repainted area reaches into the input on expanded sides")
+
+    @model_validator(mode="after")
+    def _expands(self) -> OutpaintOptions:
+        if not (self.left or self.top or self.right or self.bottom):
+            raise ValueError("outpaint adds no pixels: give left, top, right and/or bottom (pixels, > 0)")
+        return self
 
 
 class AdapterUse(BaseModel):
@@ -78,7 +104,8 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Task | None = Field(default=None, description="txt2img, img2img or inpaint; a mask selects inpaint")
+    task: Task | None = Field(
+        default=None, description="txt2img, img2img or inpaint; a mask or outpaint selects inpaint")
     model: str = Field(description="Checkpoint: name in the model store, HF repo id, or a path")
     prompt: str = ""
     negative_prompt: str = ""
@@ -95,6 +122,8 @@ class Job(BaseModel):
     strength: float = Field(default=0.75, gt=0.0, le=1.0, description="img2img/inpaint denoising strength")
     resize_mode: str = Field(default="just_resize", description="How img2img fits the input to the size")
     inpaint: InpaintOptions = Field(default_factory=InpaintOptions)
+    outpaint: OutpaintOptions | None = Field(
+        default=None, description="Expand the canvas (px per side) and inpaint the new area; selects inpaint")
     control: list[ControlUnit] = Field(default_factory=list)
     adapters: list[AdapterUse] = Field(default_factory=list)
 
@@ -108,13 +137,15 @@ class Job(BaseModel):
     @model_validator(mode="after")
     def _task_inputs(self) -> Job:
         if self.task is None:
-            self.task = "inpaint" if self.mask else "txt2img"
+            self.task = "inpaint" if self.mask or self.outpaint else "txt2img"
         if self.mask and self.task != "inpaint":
             raise ValueError(f"a mask means inpainting; drop task={self.task!r} or set task='inpaint'")
+        if self.outpaint and self.task != "inpaint":
+            raise ValueError(f"outpaint inpaints the expanded canvas; drop task={self.task!r} or set task='inpaint'")
         if self.task in ("img2img", "inpaint") and not self.image:
             raise ValueError(f"task {self.task!r} needs job.image (the picture to change)")
-        if self.task == "inpaint" and not self.mask:
-            raise ValueError("task 'inpaint' needs job.mask (white = the area to repaint)")
+        if self.task == "inpaint" and not self.mask and not self.outpaint:
+            raise ValueError("task 'inpaint' needs job.mask (white = the area to repaint) or job.outpaint")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}")
         return self

@@ -1,4 +1,5 @@
-"""Inpainting masks: grow/shrink, feather, invert, fill, only-masked crops, compositing.
+"""Inpainting masks: grow/shrink, feather, invert, fill, only-masked crops, compositing,
+and the expanded canvas of outpainting.
 
 Conventions follow A1111 and Krita AI Diffusion: a mask is ``uint8`` H×W, 255 = repaint.
 The composite uses the *feathered* mask as alpha, so every pixel where that alpha is 0 is
@@ -14,8 +15,9 @@ import numpy as np
 
 from .errors import ImageError
 
-FillMode = Literal["fill", "original", "latent_noise", "latent_nothing"]
-FILL_MODES: tuple[str, ...] = ("fill", "original", "latent_noise", "latent_nothing")
+FillMode = Literal["original", "fill", "latent_noise", "latent_nothing"]
+FILL_MODES: tuple[str, ...] = ("original", "fill", "latent_noise", "latent_nothing")
+LATENT_FILL_MODES: tuple[str, ...] = ("latent_noise", "latent_nothing")
 
 
 def grow(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -137,17 +139,59 @@ def composite(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray,
 
 
 @dataclass(frozen=True)
-class InpaintOptions:
-    """Mask handling for one inpaint job (A1111 names in brackets).
+class Expansion:
+    """Pixels added on each side of an image (outpainting)."""
 
-    ``grow_px`` (dilate; negative shrinks), ``feather_px`` [mask blur], ``invert``
-    [inpaint not masked], ``fill`` [masked content: fill / original / latent noise /
-    latent nothing], ``only_masked`` [inpaint area: only masked] with ``padding_px``.
-    """
+    left: int = 0
+    top: int = 0
+    right: int = 0
+    bottom: int = 0
 
-    grow_px: int = 0
-    feather_px: float = 4.0
-    invert: bool = False
-    fill: FillMode = "original"
-    only_masked: bool = False
-    padding_px: int = 32
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The expanded canvas's ``(width, height)`` for an image of ``width``×``height``."""
+        return width + self.left + self.right, height + self.top + self.bottom
+
+    def place(self, image: np.ndarray, value: int = 0) -> np.ndarray:
+        """``image`` on the expanded canvas at its offset, the new area set to ``value``."""
+        height, width = image.shape[:2]
+        canvas_w, canvas_h = self.size(width, height)
+        canvas = np.full((canvas_h, canvas_w, *image.shape[2:]), value, dtype=image.dtype)
+        canvas[self.top : self.top + height, self.left : self.left + width] = image
+        return canvas
+
+
+def expand_canvas(image: np.ndarray, expansion: Expansion) -> np.ndarray:
+    """``image`` on a bigger canvas whose new area holds the image's edge colours, spread
+    outwards and blurred more the further they go (a neutral start for outpainting, as Krita AI
+    Diffusion's canvas expansion gives). The image's own pixels are copied unchanged."""
+    import cv2
+
+    e = expansion
+    spread = cv2.copyMakeBorder(image, e.top, e.bottom, e.left, e.right, cv2.BORDER_REPLICATE)
+    # Replicated edges are streaks; blur them over a scale that grows with the expansion. The
+    # blur runs on a reduced copy so a wide expansion of a big canvas stays cheap.
+    sigma = max(4.0, max(e.left, e.top, e.right, e.bottom) / 4.0)
+    height, width = spread.shape[:2]
+    scale = max(1.0, sigma / 4.0)
+    small_size = (max(1, round(width / scale)), max(1, round(height / scale)))
+    small = cv2.resize(spread, small_size, interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma / scale, borderType=cv2.BORDER_REPLICATE)
+    blurred = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    result = blurred.reshape(spread.shape)
+    result[e.top : e.top + image.shape[0], e.left : e.left + image.shape[1]] = image
+    return result
+
+
+def outpaint_mask(width: int, height: int, expansion: Expansion, overlap: int = 0) -> np.ndarray:
+    """The repaint mask on the expanded canvas of a ``width``×``height`` image: the new area,
+    reaching ``overlap`` pixels into the image on each side that was expanded."""
+    e = expansion
+    canvas_w, canvas_h = e.size(width, height)
+    mask = np.full((canvas_h, canvas_w), 255, np.uint8)
+    x0 = e.left + (min(overlap, width) if e.left else 0)
+    y0 = e.top + (min(overlap, height) if e.top else 0)
+    x1 = e.left + width - (min(overlap, width) if e.right else 0)
+    y1 = e.top + height - (min(overlap, height) if e.bottom else 0)
+    if x1 > x0 and y1 > y0:
+        mask[y0:y1, x0:x1] = 0
+    return mask

@@ -45,6 +45,7 @@ __all__ = [  # the config helpers are re-exported: callers need only this module
     "SIDECAR_FORMAT",
     "SIDECAR_SUFFIX",
     "bundled_config_files",
+    "is_union_header",
     "link_or_copy",
     "load_controlnet",
     "load_pipeline_from_folder",
@@ -307,8 +308,12 @@ def load_controlnet(
 ) -> Any:
     """A ``ControlNetModel`` from a diffusers folder, an original-format file (``control_model.*``,
     as sd-webui-controlnet ships them) or a diffusers-format single file, offline.
+
+    SDXL union ControlNets (xinsir's ``controlnet-union-sdxl-1.0`` and its ProMax weights) load
+    as a ``ControlNetUnionModel``, from their folder or from the one diffusers-key file A1111 and
+    ComfyUI users keep; see :func:`is_union_header`.
     """
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
     path = Path(path_or_folder)
     if path.is_dir():
@@ -316,8 +321,9 @@ def load_controlnet(
             raise ModelFormatError(
                 f"{path} is a folder but not a diffusers ControlNet (no config.json in it)"
             )
+        model_class = ControlNetUnionModel if _is_union_config(path / "config.json") else ControlNetModel
         try:
-            model = ControlNetModel.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
+            model = model_class.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
         except Exception as exc:
             raise ModelFormatError(f"cannot load the ControlNet folder {path}: {_first_line(exc)}") from exc
         _check_no_meta(model, path, "controlnet")
@@ -329,6 +335,8 @@ def load_controlnet(
         raise ModelFormatError(
             f"{path} is not a ControlNet (no hint-encoder tensors); {_describe_keys(header)}"
         )
+    if header is not None and is_union_header(header):
+        return _load_union_file(path, header, architecture, torch_dtype)
     files = read_sidecar(path)
     if files is None:
         arch = normalize_architecture(architecture)
@@ -358,6 +366,87 @@ def load_controlnet(
             f"architecture or of another size, pass the right architecture or add a sidecar config "
             f"({sidecar_path(path).name})"
         ) from exc
+    _check_no_meta(model, path, "controlnet")
+    return model
+
+
+_UNION_KEYS = ("task_embedding", "control_add_embedding.", "transformer_layes.", "spatial_ch_projs.")
+
+
+def is_union_header(header: Mapping[str, Any]) -> bool:
+    """Whether a diffusers-key ControlNet file is a union model (control-type embedding and the
+    small transformer that mixes the control images; diffusers keeps xinsir's ``transformer_layes``)."""
+    return any(key.startswith(_UNION_KEYS) for key in header)
+
+
+def _is_union_config(config_path: Path) -> bool:
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{config_path} is not readable JSON ({exc})") from None
+    # diffusers writes ControlNetUnionModel; xinsir's own config says ControlNetModel_Union.
+    return "union" in str(config.get("_class_name", "")).lower() or "num_control_type" in config
+
+
+def _union_config(path: Path, header: Mapping[str, Any], architecture: str) -> dict[str, Any]:
+    """The union model's config: the sidecar's, else the bundled SDXL ControlNet config with the
+    union sizes read from the file (ProMax has 8 control types, the first release 6)."""
+    files = read_sidecar(path)
+    if files is not None:
+        if "config.json" not in files:
+            raise ModelFormatError(f"{sidecar_path(path)} has no config.json for the union ControlNet {path.name}")
+        return dict(files["config.json"])
+    arch = normalize_architecture(architecture)
+    if arch != "sdxl":
+        raise ModelFormatError(
+            f"{path} is a union ControlNet; ctrlgen knows the SDXL ones only, not {architecture}. "
+            f"Add a sidecar config ({sidecar_path(path).name}) if it is another shape"
+        )
+    config = bundled_config_files(CONTROLNET_CONFIGS["sdxl"])["config.json"]
+    task = header.get("task_embedding", {}).get("shape")
+    projection = header.get("spatial_ch_projs.weight", {}).get("shape")
+    if not task or not projection:
+        raise ModelFormatError(f"{path} looks like a union ControlNet but has no task_embedding/spatial_ch_projs")
+    layers = {key.split(".")[1] for key in header if key.startswith("transformer_layes.")}
+    config.update(
+        _class_name="ControlNetUnionModel",
+        num_control_type=int(task[0]),
+        num_trans_channel=int(task[1]),
+        num_trans_head=8,
+        num_trans_layer=len(layers),
+        num_proj_channel=int(projection[0]),
+    )
+    return config
+
+
+def _load_union_file(path: Path, header: Mapping[str, Any], architecture: str, torch_dtype: Any) -> Any:
+    """A ``ControlNetUnionModel`` from one diffusers-key file: built empty (meta device) from its
+    config, then given the file's tensors. diffusers' ``from_single_file`` has no union support."""
+    import torch
+    from diffusers import ControlNetUnionModel
+    from safetensors.torch import load_file
+
+    config = _union_config(path, header, architecture)
+    try:
+        with torch.device("meta"):
+            model = ControlNetUnionModel.from_config(config)
+        state = load_file(str(path))
+        if torch_dtype is not None:
+            state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ModelFormatError(
+                f"{path} does not match the union ControlNet config: missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}; the file is incomplete or another model (add a sidecar config "
+                f"{sidecar_path(path).name} if its shape is non-standard)"
+            )
+        model.load_state_dict(state, strict=True, assign=True)
+    except CtrlgenError:
+        raise
+    except Exception as exc:
+        raise ModelFormatError(f"cannot load {path} as a union ControlNet: {_first_line(exc)}") from exc
+    model.eval()
     _check_no_meta(model, path, "controlnet")
     return model
 
@@ -400,6 +489,10 @@ def load_pipeline_from_folder(
         and "safety_checker" not in components
     ):
         components.update(safety_checker=None, requires_safety_checker=False)
+    # Components saved as absent ([null, null], e.g. SD3 without its T5 encoder) load as None.
+    for name, value in index.items():
+        if isinstance(value, list) and value and value[0] is None and name not in components:
+            components[name] = None
     try:
         pipe = pipeline_cls.from_pretrained(
             str(folder), local_files_only=True, torch_dtype=torch_dtype, **components

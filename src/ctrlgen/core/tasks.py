@@ -39,36 +39,24 @@ from .masks import (
     prepare_mask,
 )
 
-_CLASSES = {
-    # (family, task, controlnet) -> diffusers pipeline class
-    ("sd", "txt2img", False): "StableDiffusionPipeline",
-    ("sd", "img2img", False): "StableDiffusionImg2ImgPipeline",
-    ("sd", "inpaint", False): "StableDiffusionInpaintPipeline",
-    ("sd", "txt2img", True): "StableDiffusionControlNetPipeline",
-    ("sd", "img2img", True): "StableDiffusionControlNetImg2ImgPipeline",
-    ("sd", "inpaint", True): "StableDiffusionControlNetInpaintPipeline",
-    ("sdxl", "txt2img", False): "StableDiffusionXLPipeline",
-    ("sdxl", "img2img", False): "StableDiffusionXLImg2ImgPipeline",
-    ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
-    ("sdxl", "txt2img", True): "StableDiffusionXLControlNetPipeline",
-    ("sdxl", "img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
-    ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
-    ("sdxl", "txt2img", "union"): "StableDiffusionXLControlNetUnionPipeline",
-    ("sdxl", "img2img", "union"): "StableDiffusionXLControlNetUnionImg2ImgPipeline",
-    ("sdxl", "inpaint", "union"): "StableDiffusionXLControlNetUnionInpaintPipeline",
-}
+
+def architecture_spec(architecture: str):
+    """The registered :class:`~ctrlgen.core.specs.ArchitectureSpec` for ``architecture``."""
+    from .plugins import get_registry
+
+    registry = get_registry("architectures")
+    if architecture not in registry:
+        raise JobError(
+            f"ctrlgen cannot run {architecture} models; it runs {', '.join(sorted(s.name for s in registry))} "
+            "(other architectures come as plugins through the ctrlgen_architectures hook)"
+        )
+    return registry.get(architecture)
 
 
 def pipeline_class(architecture: str, task: str, controlnet: bool | str = False):
     """The diffusers pipeline class for an architecture, task and ControlNet kind
     (``False``: none, ``True``: regular ControlNets, ``"union"``: SDXL union ControlNets)."""
-    import diffusers
-
-    family = "sdxl" if architecture == "sdxl" else "sd"
-    key = (family, task, controlnet)
-    if key not in _CLASSES:
-        raise JobError(f"{architecture} has no pipeline for {task} with controlnet={controlnet!r}")
-    return getattr(diffusers, _CLASSES[key])
+    return architecture_spec(architecture).pipeline_class(task, controlnet)
 
 
 def control_image_key(task: str) -> str:
@@ -111,10 +99,22 @@ class InpaintFrame:
     region: Region
     expansion: Expansion
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The input image's ``(width, height)`` (the canvas before outpainting)."""
+        e = self.expansion
+        return self.canvas.shape[1] - e.left - e.right, self.canvas.shape[0] - e.top - e.bottom
+
     def to_region(self, image: np.ndarray, value: int = 0) -> np.ndarray:
-        """An image at the INPUT's size (a control map, say) as the generated region sees it:
-        put on the canvas at the input's offset (new area: ``value``) and cropped to ``region``."""
-        return np.ascontiguousarray(self.region.crop(self.expansion.place(image, value)))
+        """A map over the job's picture (a control map, say) as the generated region sees it.
+
+        A map at the canvas's size is taken as it is; any other is taken to cover the INPUT:
+        resized to the input's size, put on the canvas at the input's offset (new area:
+        ``value``, 0 = "no control" for most maps). Then it is cropped to ``region``."""
+        if image.shape[:2] != self.canvas.shape[:2]:
+            width, height = self.input_size
+            image = self.expansion.place(resize(image, width, height), value)
+        return np.ascontiguousarray(self.region.crop(image))
 
 
 def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.ndarray],
@@ -128,7 +128,7 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
     if unet_in_channels == 9 and task != "inpaint":
         raise JobError(
             f"model {job.model!r} is an inpainting checkpoint (9-channel UNet); it can only inpaint. "
-            "Give a mask, or pick a regular checkpoint for txt2img/img2img"
+            "Give a mask (or outpaint), or pick a regular checkpoint for txt2img/img2img"
         )
 
     def to_size(image):
@@ -206,8 +206,9 @@ def inpaint_frame(job: Any, source: np.ndarray, load: Callable[[str, str], np.nd
 def latent_fill(pipeline: Any, mode: str, mask: np.ndarray) -> Iterator[Any]:
     """While active, ``pipeline`` (a diffusers inpaint pipeline, job-local) starts from image
     latents whose masked part is replaced, as A1111's "masked content" does: ``latent_noise``
-    puts unit Gaussian noise there, drawn from the job's generators (one per image, so a seed
-    gives the same result every time), ``latent_nothing`` zeros.
+    puts unit Gaussian noise there, drawn from generators seeded like the job's (one per image,
+    so a seed gives the same result every time; the job's own generators are not advanced),
+    ``latent_nothing`` zeros.
 
     ``mask`` is the repaint mask at the generation size (uint8; >= 128 repaints, as the
     pipeline binarises it); it is brought to latent size the way the pipeline does (nearest).
@@ -252,10 +253,24 @@ def _filled_latents(pipeline: Any, image: Any, values: dict[str, Any], mode: str
     repaint = torch.from_numpy((mask >= 128).astype(np.float32))[None, None]
     repaint = torch.nn.functional.interpolate(repaint, size=tuple(latents.shape[-2:])).to(device=device, dtype=dtype)
     if mode == "latent_noise":
-        replacement = randn_tensor(tuple(latents.shape), generator=generator, device=device, dtype=dtype)
+        replacement = randn_tensor(tuple(latents.shape), generator=_fill_generators(generator),
+                                   device=device, dtype=dtype)
     else:
         replacement = torch.zeros_like(latents)
     return latents * (1 - repaint) + replacement * repaint
+
+
+def _fill_generators(generator: Any) -> Any:
+    """Fresh generators seeded like the job's: the fill noise is the seed's, and the job's own
+    generators go on exactly as without a fill (the pipeline's noise is unchanged)."""
+    import torch
+
+    def fresh(g):
+        return torch.Generator(device=g.device).manual_seed(g.initial_seed())
+
+    if generator is None:
+        return None
+    return [fresh(g) for g in generator] if isinstance(generator, list) else fresh(generator)
 
 
 def _rgb(pixels: np.ndarray, what: str) -> np.ndarray:

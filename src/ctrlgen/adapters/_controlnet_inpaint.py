@@ -1,0 +1,69 @@
+"""ControlNet units' control images at the generation size, and the inpaint hint.
+
+A unit with preprocessor ``inpaint`` (sd-webui-controlnet's ``inpaint_only`` too) in an inpaint
+job is conditioned on the job's picture with the pixels to repaint marked, built from the very
+image and mask the inpaint pipeline gets (grown, inverted, cropped for only-masked), so hint and
+inpainting always agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INPAINT_PREPROCESSORS = ("inpaint", "inpaint_only")
+"""Preprocessors whose hint the ControlNet adapter builds itself from the job's image and mask."""
+
+
+def is_inpaint_preprocessor(name: str) -> bool:
+    return name.strip().lower() in INPAINT_PREPROCESSORS
+
+
+def control_images(context, units, union_kind: bool) -> list[Any]:
+    """Each unit's control image at the generation size: PIL maps, or the inpaint hint."""
+    from ctrlgen.core.engine import fit_control
+    from ctrlgen.core.errors import JobError
+
+    frame = getattr(context, "inpaint_frame", None)
+    if frame is not None:  # maps over the picture -> the outpainted canvas / the only-masked crop
+        for unit in units:
+            if not is_inpaint_preprocessor(unit.preprocessor):
+                unit.control_image = frame.to_region(unit.control_image)
+    modes = [context.job.control[unit.index].resize_mode for unit in units]
+    images = fit_control(units, context.width, context.height, modes)
+    for position, unit in enumerate(units):
+        if not is_inpaint_preprocessor(unit.preprocessor):
+            continue
+        label = f"control[{unit.index}]"
+        if context.job.task != "inpaint" or "mask_image" not in context.call_kwargs:
+            raise JobError(
+                f"{label}: preprocessor {unit.preprocessor!r} repaints the job's mask; give the job a mask "
+                "(job.mask, white = repaint) or use another preprocessor"
+            )
+        if context.job.control[unit.index].image is not None:
+            raise JobError(
+                f"{label}: an inpaint unit uses the job's image and mask; leave {label}.image unset"
+            )
+        images[position] = inpaint_hint(context, unit, tensor=not union_kind)
+    return images
+
+
+def inpaint_hint(context, unit, tensor: bool) -> Any:
+    """The inpaint conditioning from the task's image and mask (what the inpaint pipeline gets):
+    for a regular inpaint ControlNet a float tensor with -1 under the mask; for a union model's
+    ``repaint`` type the picture with the masked pixels black (xinsir's ProMax convention)."""
+    import numpy as np
+    from PIL import Image
+
+    from ctrlgen.preprocessors.inpaint import control_hint, masked_pixels
+
+    picture = np.asarray(context.call_kwargs["image"].convert("RGB"))
+    mask = np.asarray(context.call_kwargs["mask_image"].convert("L"))
+    shown = picture.copy()
+    shown[masked_pixels(mask)] = 0
+    unit.control_image = shown  # the map returned with the result: what the hint marks
+    if not tensor:
+        return Image.fromarray(shown)
+    import torch
+
+    hint = control_hint(picture, mask)
+    return torch.from_numpy(np.ascontiguousarray(hint.transpose(2, 0, 1)))[None]
