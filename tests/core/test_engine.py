@@ -246,3 +246,40 @@ def test_latents_to_rgb_is_the_linear_latent_projection():
     assert sdxl.shape == (64, 64, 3) and not np.array_equal(sdxl[0, 0], [128, 128, 128])  # SDXL has a bias
     with pytest.raises(ValueError, match="do not have the 4 channels"):
         latents_to_rgb(np.zeros((16, 4, 4)), LATENT_RGB["sd"])
+
+
+def test_preprocess_task_returns_the_maps_without_a_checkpoint(engine, photo, tmp_path):
+    from ctrlgen.core.preprocess import preprocess
+
+    job = parse_job({"task": "preprocess", "image": str(photo), "control": [
+        {"preprocessor": "canny", "preprocessor_params": {"low_threshold": 50}},
+        {"preprocessor": "mediapipe_openpose"},
+    ]})
+    events = []
+    result = engine.run(job, on_event=events.append)
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    assert np.array_equal(np.asarray(result.images[0]), preprocess("canny", rgb, low_threshold=50).image)
+    assert not result.data[0] and result.data[1]["canvas_width"] == 128  # canny has no data; OpenPose JSON
+    assert [e.kind for e in events] == ["started", "progress", "progress", "finished"]
+    paths = result.save(tmp_path)
+    with Image.open(paths[0]) as first:
+        assert "ctrlgen-data" not in first.text
+    with Image.open(paths[1]) as saved:
+        assert json.loads(saved.text["ctrlgen-data"])["canvas_height"] == 128
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        ({"task": "preprocess", "image": "x.png"}, "add at least one unit to job.control"),
+        ({"task": "preprocess", "image": "x.png", "control": [{"preprocessor": "canny"}],
+          "adapters": [{"type": "reference"}]}, "drop job.outpaint and job.adapters"),
+        ({"prompt": "a cat"}, "job.model is missing: name a checkpoint"),
+        ({"model": "m", "image": "x.png", "control": [{"preprocessor": "canny"}]}, "control[0].model is missing"),
+    ],
+)
+def test_preprocess_and_model_rules_are_validated(job, message):
+    import re
+
+    with pytest.raises(JobError, match=re.escape(message)):
+        parse_job(job)

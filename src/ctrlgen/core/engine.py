@@ -95,6 +95,7 @@ class JobResult:
     control_maps: list[np.ndarray] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
     memory: Any = None  # the MemoryPlan the job ran with (offload, VAE tiling/slicing, why)
+    data: list[Any] = field(default_factory=list)  # preprocess jobs: each map's data (OpenPose JSON, ...)
 
     def save(self, folder: Path, stem: str = "ctrlgen") -> list[Path]:
         """Write PNGs carrying the job's parameters (A1111 ``parameters`` + ``ctrlgen-job`` JSON)."""
@@ -108,6 +109,8 @@ class JobResult:
             job_json = self.job.model_dump(mode="json")
             job_json["seed"] = seed
             info.add_text("ctrlgen-job", json.dumps(job_json, sort_keys=True))
+            if index < len(self.data) and self.data[index]:  # OpenPose JSON and the like
+                info.add_text("ctrlgen-data", json.dumps(self.data[index], sort_keys=True))
             path = folder / f"{stem}-{self.job_id[:8]}-{index:02d}.png"
             image.save(path, pnginfo=info)
             paths.append(path)
@@ -306,6 +309,45 @@ class Engine:
             units.append(PreparedUnit(index, entry, control, params, unit.preprocessor, pre_params))
         return units
 
+    def _preprocess(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None) -> JobResult:
+        """A ``preprocess`` job: each control unit's map (no model loads but the annotators')."""
+        from PIL import Image
+
+        from .images import to_mask
+        from .preprocess import preprocess
+
+        mask = None
+        if job.mask:
+            try:
+                mask = to_mask((images or load_image_file)(job.mask, "job.mask"), what="job.mask")
+            except ImageError as exc:
+                raise JobError(str(exc)) from None
+        maps, data, infotexts = [], [], []
+        for index, unit in enumerate(job.control):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"job {job_id} was cancelled")
+            owner = f"control[{index}]"
+            source = read_image(unit.image or job.image, f"{owner}.image", images)
+            params = dict(unit.preprocessor_params)
+            if unit.preprocessor.lower() == "none":
+                result_image, result_data = source, None
+            else:
+                spec = get_registry("preprocessors").get(unit.preprocessor)
+                if unit.pixel_perfect and any(p.name == "detect_resolution" for p in spec.params):
+                    params["detect_resolution"] = pixel_perfect_resolution(
+                        (source.shape[1], source.shape[0]), (job.width, job.height), unit.resize_mode)
+                if mask is not None and mask.shape != source.shape[:2]:
+                    raise JobError(f"job.mask is {mask.shape[1]}×{mask.shape[0]} but {owner}'s image is "
+                                   f"{source.shape[1]}×{source.shape[0]}; give a mask of the image's size")
+                result = preprocess(unit.preprocessor, source, mask, **params)
+                result_image, result_data = result.image, result.data
+            maps.append(result_image)
+            data.append(result_data)
+            infotexts.append(f"preprocessor: {unit.preprocessor}, params: {json.dumps(params, sort_keys=True)}")
+            emit("progress", step=index + 1, total=len(job.control))
+        return JobResult(job=job, job_id=job_id, images=[Image.fromarray(m) for m in maps],
+                         seeds=[job.seed] * len(maps), control_maps=maps, infotexts=infotexts, data=data)
+
     def _check_resources(self, spec: Any, params: dict[str, Any], owner: str, images: ImageSource | None) -> None:
         """Before any model loads: the models and images an adapter use names must exist."""
         for param in spec.params:
@@ -407,9 +449,11 @@ class Engine:
             torch.cuda.empty_cache()
 
     def _run(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None, preview_every: int) -> JobResult:
+        emit("started")
+        if job.task == "preprocess":
+            return self._preprocess(job, job_id, emit, cancel, images)
         import torch
 
-        emit("started")
         entry = self.resolve_checkpoint(job)
         architecture = entry.identity.architecture
         from . import tasks

@@ -15,7 +15,7 @@ from .errors import JobError
 from .images import MAX_SIDE, RESIZE_MODES
 from .masks import FillMode
 
-Task = Literal["txt2img", "img2img", "inpaint"]
+Task = Literal["txt2img", "img2img", "inpaint", "preprocess"]
 
 
 class ControlUnit(BaseModel):
@@ -25,7 +25,8 @@ class ControlUnit(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(description="ControlNet model: name in the model store, or a path")
+    model: str | None = Field(
+        default=None, description="ControlNet model: name in the model store, or a path (not needed to preprocess)")
     preprocessor: str = Field(
         default="none", description="Preprocessor name, or 'none' when the image is already a control map"
     )
@@ -105,8 +106,9 @@ class Job(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Task | None = Field(
-        default=None, description="txt2img, img2img or inpaint; a mask or outpaint selects inpaint")
-    model: str = Field(description="Checkpoint: name in the model store, HF repo id, or a path")
+        default=None, description="txt2img, img2img, inpaint or preprocess; a mask or outpaint selects inpaint")
+    model: str | None = Field(
+        default=None, description="Checkpoint: name in the model store, HF repo id, or a path (not for preprocess)")
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = Field(default=-1, ge=-1, le=2**32 - 1, description="-1 picks a random seed (recorded)")
@@ -138,6 +140,18 @@ class Job(BaseModel):
     def _task_inputs(self) -> Job:
         if self.task is None:
             self.task = "inpaint" if self.mask or self.outpaint else "txt2img"
+        if self.task == "preprocess":
+            if not self.control:
+                raise ValueError("task 'preprocess' runs the control units' preprocessors; add at least one unit "
+                                 "to job.control (e.g. {\"preprocessor\": \"canny\"})")
+            if self.outpaint or self.adapters:
+                raise ValueError("task 'preprocess' only runs preprocessors; drop job.outpaint and job.adapters")
+            return self
+        if not self.model:
+            raise ValueError("job.model is missing: name a checkpoint (`ctrlgen models` lists them)")
+        for index, unit in enumerate(self.control):
+            if not unit.model:
+                raise ValueError(f"control[{index}].model is missing: name a ControlNet (`ctrlgen models`)")
         if self.mask and self.task != "inpaint":
             raise ValueError(f"a mask means inpainting; drop task={self.task!r} or set task='inpaint'")
         if self.outpaint and self.task != "inpaint":
