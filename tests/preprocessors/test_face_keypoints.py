@@ -14,6 +14,7 @@ from ctrlgen.core.errors import ModelNotFoundError
 from ctrlgen.core.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads
+from ctrlgen.testing.tiny_ip_adapter import write_tiny_scrfd
 
 FACE = (170, 60, 280, 180)  # the astronaut's face, x0, y0, x1, y1
 # Faces in insightface's t1.jpg that MediaPipe's full-range detector finds (boxes by eye, generous)
@@ -43,48 +44,6 @@ def instantid_draw_kps(width, height, kps):
         x, y = kp
         out_img = cv2.circle(out_img.copy(), (int(x), int(y)), 10, color_list[idx_kp], -1)
     return out_img.astype(np.uint8)
-
-
-def write_tiny_scrfd(path, seed: int = 0) -> None:
-    """A random SCRFD-format ONNX: input ``input.1`` 1×3×H×W, 9 outputs (scores, boxes, 5 keypoints at
-    strides 8/16/32, 2 anchors per cell, unbatched N×k) — the layout of scrfd_10g_bnkps/det_10g."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes, weights, outputs = [], [], {"score": [], "bbox": [], "kps": []}
-    for stride in (8, 16, 32):
-        for kind, channels, width in (("score", 2, 1), ("bbox", 8, 4), ("kps", 20, 10)):
-            name = f"{kind}{stride}"
-            kernel = rng.standard_normal((channels, 3, stride, stride)) * 0.02
-            bias = rng.standard_normal(channels) * 0.5
-            weights += [
-                numpy_helper.from_array(kernel.astype(np.float32), f"w_{name}"),
-                numpy_helper.from_array(bias.astype(np.float32), f"b_{name}"),
-                numpy_helper.from_array(np.array([-1, width], np.int64), f"shape_{name}"),
-            ]
-            nodes += [
-                helper.make_node("Conv", ["input.1", f"w_{name}", f"b_{name}"], [f"conv_{name}"],
-                                 kernel_shape=[stride, stride], strides=[stride, stride]),
-                helper.make_node("Transpose", [f"conv_{name}"], [f"nhwc_{name}"], perm=[0, 2, 3, 1]),
-                helper.make_node("Reshape", [f"nhwc_{name}", f"shape_{name}"], [f"flat_{name}"]),
-            ]
-            if kind == "score":
-                nodes.append(helper.make_node("Sigmoid", [f"flat_{name}"], [name]))
-            elif kind == "bbox":  # distances to the box sides, positive, up to 4 strides
-                weights.append(numpy_helper.from_array(np.array(4.0, np.float32), f"four_{name}"))
-                nodes += [helper.make_node("Sigmoid", [f"flat_{name}"], [f"sig_{name}"]),
-                          helper.make_node("Mul", [f"sig_{name}", f"four_{name}"], [name])]
-            else:
-                nodes.append(helper.make_node("Identity", [f"flat_{name}"], [name]))
-            outputs[kind].append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, width]))
-    image_input = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, None, None])
-    graph = helper.make_graph(nodes, "tiny_scrfd", [image_input],
-                              outputs["score"] + outputs["bbox"] + outputs["kps"], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 
 @pytest.fixture(scope="session")
