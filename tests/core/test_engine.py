@@ -276,6 +276,8 @@ def test_preprocess_task_returns_the_maps_without_a_checkpoint(engine, photo, tm
           "adapters": [{"type": "reference"}]}, "drop job.outpaint and job.adapters"),
         ({"prompt": "a cat"}, "job.model is missing: name a checkpoint"),
         ({"model": "m", "image": "x.png", "control": [{"preprocessor": "canny"}]}, "control[0].model is missing"),
+        ({"model": "m", "task": "img2img", "image": "x.png", "steps": 1, "strength": 0.5},
+         "steps=1 × strength=0.5 leaves no denoising step"),
     ],
 )
 def test_preprocess_and_model_rules_are_validated(job, message):
@@ -283,3 +285,14 @@ def test_preprocess_and_model_rules_are_validated(job, message):
 
     with pytest.raises(JobError, match=re.escape(message)):
         parse_job(job)
+
+
+def test_rgba_inputs_composite_on_white_exactly_and_opaque_ones_pass_through():
+    from ctrlgen.core.images import to_rgb
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (32, 48, 4), dtype=np.uint8)
+    colour, alpha = rgba[..., :3].astype(np.float64), rgba[..., 3:].astype(np.float64) / 255
+    assert np.array_equal(to_rgb(rgba), np.floor(colour * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8))
+    rgba[..., 3] = 255
+    assert np.array_equal(to_rgb(rgba), rgba[..., :3])

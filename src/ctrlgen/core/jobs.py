@@ -6,6 +6,7 @@ schema and one set of error messages. Validation happens before any model loads.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,6 +163,10 @@ class Job(BaseModel):
             raise ValueError("task 'inpaint' needs job.mask (white = the area to repaint) or job.outpaint")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}")
+        if self.task in ("img2img", "inpaint") and int(self.steps * self.strength) < 1:
+            raise ValueError(
+                f"steps={self.steps} × strength={self.strength} leaves no denoising step (img2img and inpaint run "
+                f"steps × strength of them); raise steps to at least {math.ceil(1 / self.strength)} or strength")
         return self
 
     @model_validator(mode="after")
