@@ -23,6 +23,15 @@ from .core.specs import (
 )
 
 
+def __getattr__(name: str):
+    # ctrlgen.Client: the standard-library bridge client, imported on first use.
+    if name == "Client":
+        from .host_bridges.client import Client
+
+        return Client
+    raise AttributeError(f"module 'ctrlgen' has no attribute {name!r}")
+
+
 def preprocess(name: str, image, mask=None, **params) -> PreprocessResult:
     """Run the preprocessor ``name`` on ``image``; see :func:`ctrlgen.core.preprocess.preprocess`."""
     from .core.preprocess import preprocess as _preprocess
@@ -33,6 +42,7 @@ def preprocess(name: str, image, mask=None, **params) -> PreprocessResult:
 __all__ = [
     "AdapterSpec",
     "ArchitectureSpec",
+    "Client",
     "HostBridgeSpec",
     "ModelRoot",
     "ModelSourceSpec",

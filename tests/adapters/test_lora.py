@@ -109,11 +109,13 @@ def test_lcm_lora_with_the_lcm_sampler(engine):
     assert pipeline_fingerprint(base) == before
 
 
-def test_a_failed_load_leaves_nothing_behind(engine):
+def test_a_failed_load_leaves_nothing_behind(engine, tmp_path):
     base = engine.load_pipeline(engine.resolve_checkpoint(job()))
     before = pipeline_fingerprint(base)
-    with pytest.raises(ModelNotFoundError, match="lora use 2"):
-        engine.run(job(adapters=[lora("tiny-lora-sd15"), lora("no-such-lora")]))
+    broken = tmp_path / "broken-lora.safetensors"  # exists (passes the early checks), cannot be read
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(CtrlgenError, match="lora use 2"):
+        engine.run(job(adapters=[lora("tiny-lora-sd15"), lora(str(broken))]))
     assert pipeline_fingerprint(base) == before
     assert not hasattr(base.unet, "peft_config") or not base.unet.peft_config
 
@@ -142,7 +144,8 @@ def test_another_adapters_lora_stays_active_with_its_scale(engine, addon_model_r
 @pytest.mark.parametrize(
     ("extra", "error", "message"),
     [
-        ({"adapters": [lora("no-such-lora")]}, ModelNotFoundError, "lora use 1: Model 'no-such-lora' was not found"),
+        ({"adapters": [lora("no-such-lora")]}, ModelNotFoundError,
+         "adapters[0] (lora).model: Model 'no-such-lora' was not found"),
         ({"prompt": "<lora:missing-one:1>", "adapters": [{"type": "lora"}]}, ModelNotFoundError,
          "prompt tag <lora:missing-one:1>"),
         ({"prompt": "<lora:tiny-lora-sd15:strong>", "adapters": [{"type": "lora"}]}, JobError,

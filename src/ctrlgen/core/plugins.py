@@ -62,6 +62,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ctrlgen.adapters.embeddings",
     "ctrlgen.adapters.ip_adapter",
     "ctrlgen.adapters.instantid",
+    "ctrlgen.host_bridges.krita",
 )
 
 hookimpl = pluggy.HookimplMarker("ctrlgen")

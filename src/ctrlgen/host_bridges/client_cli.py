@@ -145,7 +145,11 @@ def cmd_jobs(args: argparse.Namespace, client) -> int:
 
 def cmd_cancel(args: argparse.Namespace, client) -> int:
     answer = client.cancel(args.job_id)
-    print(f"{answer.get('id', args.job_id)}: {answer.get('status', 'cancelled')}")
+    status = answer.get("status")
+    if status == "cancelled":
+        print(f"{answer.get('id', args.job_id)}: cancelled")
+    else:  # a running job stops at its next step
+        print(f"{answer.get('id', args.job_id)}: cancel requested (it was {status})")
     return 0
 
 

@@ -22,14 +22,20 @@ def _size(text: str) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .server import ServerConfig, serve
+    from ..core.errors import CtrlgenError
+
+    try:
+        from .server import ServerConfig, serve
+    except ImportError as exc:
+        raise CtrlgenError(f"`ctrlgen serve` needs the server extra ({exc.name} is missing); install it with: "
+                           "pip install 'ctrlgen[server]'") from None
 
     config = ServerConfig(
         host=args.host, port=args.port, unix_socket=args.unix_socket, allow_remote=args.allow_remote,
         allowed_origins=tuple(args.allowed_origin or ()), allowed_hosts=tuple(args.allowed_host or ()),
         device=args.device, result_ttl_s=args.result_ttl, max_queue=args.max_queue,
         max_results=args.max_results, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-        max_side=args.max_side, max_upload_memory=args.max_upload_memory,
+        max_side=args.max_side, max_upload_memory=args.max_upload_memory, keepalive_s=args.keepalive,
         config_dir=Path(args.config_dir) if args.config_dir else None, log_level=args.log_level)
     return serve(config)
 
@@ -61,7 +67,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="largest image in pixels (default 8192*8192)")
     p.add_argument("--max-side", type=int, default=8192, metavar="PX", help="longest image side (default 8192)")
     p.add_argument("--max-upload-memory", type=_size, default=2 * 2**30, metavar="SIZE",
-                   help="memory for uploaded images; oldest unused ones are dropped first (default 2G)")
+                   help="memory for uploaded images; the least recently used ones no job needs are dropped "
+                        "first (default 2G)")
+    p.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS",
+                   help="send a keep-alive comment on quiet event streams this often (default 15)")
     p.add_argument("--config-dir", help="where token and server.json live (default: `ctrlgen config-dir`)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)

@@ -1,0 +1,141 @@
+"""Reading and writing Krita documents. Call these on the GUI thread only.
+
+They take Krita's ``Document``/``Node``/``Selection`` objects (or look-alikes with the same
+methods, in the unit tests) and return plain bytes and :class:`~.logic.Rect` values that a
+worker thread can send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .logic import (
+    Capture,
+    DocumentError,
+    Rect,
+    Settings,
+    check_color_space,
+    check_size,
+    choose_task,
+    inpaint_region,
+)
+
+LAYER_TYPES = ("paintlayer", "grouplayer", "filelayer", "vectorlayer", "filllayer", "clonelayer")
+
+
+def canvas_rect(doc: Any) -> Rect:
+    return Rect(0, 0, int(doc.width()), int(doc.height()))
+
+
+def node_id(node: Any) -> str:
+    uid = node.uniqueId()
+    return str(uid.toString()) if hasattr(uid, "toString") else str(uid)
+
+
+def iter_layers(doc: Any) -> list[Any]:
+    """Every layer of the document, top of the stack first (masks left out)."""
+    found: list[Any] = []
+
+    def walk(node: Any) -> None:
+        for child in reversed(list(node.childNodes())):
+            if child.type() in LAYER_TYPES:
+                found.append(child)
+                walk(child)
+
+    walk(doc.rootNode())
+    return found
+
+
+def find_layer(doc: Any, layer_id: str) -> Any:
+    for node in iter_layers(doc):
+        if node_id(node) == layer_id:
+            return node
+    return None
+
+
+def prepared_selection(doc: Any, settings: Settings) -> Any:
+    """A copy of the document's selection, grown and feathered as set; None without one.
+
+    Krita does the growing and feathering natively: fast on big canvases, and the user's own
+    selection stays as it was."""
+    selection = doc.selection()
+    if selection is None or selection.width() <= 0 or selection.height() <= 0:
+        return None
+    work = selection.duplicate()
+    grow = int(settings.grow_px)
+    if grow > 0:
+        work.grow(grow, grow)
+    elif grow < 0:
+        work.shrink(-grow, -grow, True)
+    if settings.feather_px > 0:
+        work.feather(int(settings.feather_px))
+    if work.width() <= 0 or work.height() <= 0:
+        raise DocumentError(f"Shrinking the selection by {-grow} px leaves nothing: lower the shrink.")
+    return work
+
+
+def layer_pixels(node: Any, region: Rect) -> bytes:
+    """The layer's rendered pixels (with its masks and, for groups, its children) as BGRA."""
+    return bytes(node.projectionPixelData(*region.tuple()))
+
+
+def capture(doc: Any, settings: Settings) -> Capture:
+    """Everything a job needs from the document, read now, on the GUI thread."""
+    if doc is None:
+        raise DocumentError("Open or create a document first.")
+    check_color_space(doc.colorModel(), doc.colorDepth())
+    canvas = canvas_rect(doc)
+    selection = prepared_selection(doc, settings)
+    task = choose_task(selection is not None, settings.strength)
+    if selection is not None:
+        region = inpaint_region(Rect(selection.x(), selection.y(), selection.width(), selection.height()),
+                                canvas, settings.context_px)
+    else:
+        region = canvas
+    check_size(region)
+    doc.waitForDone()  # the projection must include the latest strokes
+    result = Capture(task=task, region=region)
+    if task != "txt2img":
+        if settings.source == "active_layer":
+            node = doc.activeNode()
+            if node is None:
+                raise DocumentError("No active layer: pick one in the Layers docker or set Input to 'visible'.")
+            bgra = layer_pixels(node, region)
+        else:
+            bgra = bytes(doc.pixelData(*region.tuple()))
+        result.image = bgra
+    if selection is not None:
+        result.mask = bytes(selection.pixelData(*region.tuple()))
+    for control in settings.controls:
+        if not control.enabled:
+            continue
+        node = find_layer(doc, control.layer_id)
+        if node is None:
+            raise DocumentError(f"Control layer {control.layer_name!r} no longer exists: remove it from the list.")
+        result.controls.append((control, layer_pixels(node, region)))
+    for reference in settings.references:
+        if not reference.enabled:
+            continue
+        node = find_layer(doc, reference.layer_id)
+        if node is None:
+            raise DocumentError(f"Reference layer {reference.layer_name!r} no longer exists: remove it from the list.")
+        result.references.append((reference, layer_pixels(node, region)))
+    return result
+
+
+def insert_layer(doc: Any, name: str, bgra: bytes, region: Rect) -> Any:
+    """A new paint layer on top of the stack holding ``bgra`` at ``region``'s offset.
+
+    Adding the node is one step on Krita's undo stack (Ctrl+Z removes the whole result);
+    nothing already in the document is touched."""
+    layer = doc.createNode(name, "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    layer.setPixelData(bgra, *region.tuple())
+    doc.refreshProjection()
+    return layer
+
+
+def remove_layer(doc: Any, layer: Any) -> None:
+    """Discard a result layer (one undoable step)."""
+    layer.remove()
+    doc.refreshProjection()

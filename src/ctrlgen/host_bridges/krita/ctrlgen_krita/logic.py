@@ -1,0 +1,492 @@
+"""The docker's logic without Qt or Krita: pixel formats, regions, job building, the queue.
+
+Everything here runs in Krita's own Python with only the standard library, and in the
+test suite without Krita. Pixel buffers are ``bytes``: Krita hands out BGRA for RGBA/8-bit
+documents; the server takes RGB/RGBA/grey, row-major, top to bottom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .client_import import AuthError, ClientError, JobFailed, ServerNotRunning
+
+TASKS = ("txt2img", "img2img", "inpaint")
+NO_PREPROCESSOR = "none"  # the layer already is a control map
+LAYER_PREFIX = "[ctrlgen]"
+
+
+class DocumentError(Exception):
+    """The document cannot be used as it is; the message says what to change."""
+
+
+# -- pixels -----------------------------------------------------------------------------------
+def bgra_to_rgb(bgra: bytes | bytearray | memoryview) -> bytes:
+    """Krita's BGRA pixels as RGB (alpha dropped), by slicing: no per-pixel Python loop."""
+    src = memoryview(bgra).cast("B")
+    count = len(src) // 4
+    out = bytearray(count * 3)
+    out[0::3] = src[2::4]
+    out[1::3] = src[1::4]
+    out[2::3] = src[0::4]
+    return bytes(out)
+
+
+def bgra_to_rgba(bgra: bytes | bytearray | memoryview) -> bytes:
+    """Krita's BGRA pixels as RGBA."""
+    src = memoryview(bgra).cast("B")
+    out = bytearray(src)
+    out[0::4] = src[2::4]
+    out[2::4] = src[0::4]
+    return bytes(out)
+
+
+def bgra_alpha(bgra: bytes | bytearray | memoryview) -> bytes:
+    """The alpha channel of BGRA pixels (one byte per pixel)."""
+    return bytes(memoryview(bgra).cast("B")[3::4])
+
+
+def rgb_to_bgra(rgb: bytes | bytearray | memoryview, alpha: bytes | None = None) -> bytes:
+    """RGB result pixels as BGRA for ``setPixelData``; ``alpha`` (one byte per pixel) or opaque."""
+    src = memoryview(rgb).cast("B")
+    count = len(src) // 3
+    out = bytearray(count * 4)
+    out[0::4] = src[2::3]
+    out[1::4] = src[1::3]
+    out[2::4] = src[0::3]
+    if alpha is None:
+        out[3::4] = b"\xff" * count
+    else:
+        if len(alpha) != count:
+            raise ValueError(f"alpha has {len(alpha)} values for {count} pixels")
+        out[3::4] = alpha
+    return bytes(out)
+
+
+def grey_to_bgra(grey: bytes | bytearray | memoryview) -> bytes:
+    """One grey byte per pixel as opaque BGRA."""
+    src = memoryview(grey).cast("B")
+    out = bytearray(len(src) * 4)
+    out[0::4] = src
+    out[1::4] = src
+    out[2::4] = src
+    out[3::4] = b"\xff" * len(src)
+    return bytes(out)
+
+
+def to_bgra(data: bytes | bytearray | memoryview, channels: int, alpha: bytes | None = None) -> bytes:
+    """A server image (grey, RGB or RGBA) as BGRA; ``alpha`` replaces its own alpha if given."""
+    if channels == 3:
+        return rgb_to_bgra(data, alpha)
+    if channels == 1:
+        out = bytearray(grey_to_bgra(data))
+    elif channels == 4:
+        out = bytearray(bgra_to_rgba(data))  # the swap of R and B is its own inverse
+    else:
+        raise ValueError(f"images have 1, 3 or 4 channels, not {channels}")
+    if alpha is not None:
+        out[3::4] = alpha
+    return bytes(out)
+
+
+def check_color_space(color_model: str, color_depth: str) -> None:
+    """Refuse documents the byte conversions above do not describe."""
+    if (color_model, color_depth) != ("RGBA", "U8"):
+        raise DocumentError(
+            f"This document is {color_model}/{color_depth}; ctrlgen works on RGB/Alpha 8-bit documents. "
+            "Convert it with Image > Convert Image Color Space… (RGB/Alpha, 8-bit integer/channel) or work on a copy."
+        )
+
+
+# -- regions ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rect:
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def empty(self) -> bool:
+        return self.width <= 0 or self.height <= 0
+
+    @property
+    def right(self) -> int:
+        return self.x + self.width
+
+    @property
+    def bottom(self) -> int:
+        return self.y + self.height
+
+    def expanded(self, pixels: int) -> Rect:
+        return Rect(self.x - pixels, self.y - pixels, self.width + 2 * pixels, self.height + 2 * pixels)
+
+    def intersected(self, other: Rect) -> Rect:
+        left, top = max(self.x, other.x), max(self.y, other.y)
+        right, bottom = min(self.right, other.right), min(self.bottom, other.bottom)
+        return Rect(left, top, max(0, right - left), max(0, bottom - top))
+
+    def tuple(self) -> tuple[int, int, int, int]:
+        return (self.x, self.y, self.width, self.height)
+
+
+MIN_SIDE = 64  # the server refuses smaller jobs (Job.width/height >= 64)
+
+
+def inpaint_region(selection: Rect, canvas: Rect, context_px: int) -> Rect:
+    """The part of the canvas an inpaint job works on: the (grown, feathered) selection's
+    bounds plus ``context_px`` of surroundings, at least 64×64 where the canvas allows, clamped
+    to the canvas. Working on this crop keeps big canvases fast."""
+    if selection.empty:
+        raise DocumentError("The selection is empty: select the area to repaint, or deselect (Ctrl+Shift+A) "
+                            "to generate for the whole canvas.")
+    region = selection.expanded(max(0, context_px))
+    grow_w = max(0, MIN_SIDE - region.width)
+    grow_h = max(0, MIN_SIDE - region.height)
+    region = Rect(region.x - grow_w // 2, region.y - grow_h // 2, region.width + grow_w, region.height + grow_h)
+    # Shift back inside the canvas before clipping so the crop keeps its size where possible.
+    dx = max(0, canvas.x - region.x) - max(0, region.right - canvas.right)
+    dy = max(0, canvas.y - region.y) - max(0, region.bottom - canvas.bottom)
+    region = Rect(region.x + dx, region.y + dy, region.width, region.height).intersected(canvas)
+    if region.empty:
+        raise DocumentError("The selection lies outside the canvas: select inside the image.")
+    return region
+
+
+def check_size(region: Rect) -> None:
+    if region.width < MIN_SIDE or region.height < MIN_SIDE:
+        raise DocumentError(f"The area is {region.width}×{region.height} pixels; ctrlgen needs at least "
+                            f"{MIN_SIDE}×{MIN_SIDE}. Enlarge the canvas (Image > Resize Canvas).")
+
+
+# -- settings and jobs ------------------------------------------------------------------------
+@dataclass
+class ControlLayer:
+    """A layer marked as a control: its pixels go through ``preprocessor`` (``none``: the layer
+    already is a control map) and a ControlNet ``model`` steers the generation."""
+
+    layer_id: str
+    layer_name: str
+    preprocessor: str = "canny"
+    model: str = ""
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    enabled: bool = True
+
+
+@dataclass
+class ReferenceLayer:
+    """A layer used as an IP-Adapter reference image."""
+
+    layer_id: str
+    layer_name: str
+    model: str = ""
+    scale: float = 0.6
+    enabled: bool = True
+
+
+@dataclass
+class Settings:
+    """What the docker's controls hold."""
+
+    model: str = ""
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 1.0
+    seed: int = -1
+    steps: int = 20
+    cfg_scale: float = 7.0
+    sampler: str = "Euler a"
+    grow_px: int = 0
+    feather_px: int = 8
+    context_px: int = 32
+    source: str = "visible"  # "visible" (the projection) or "active_layer"
+    controls: list[ControlLayer] = field(default_factory=list)
+    references: list[ReferenceLayer] = field(default_factory=list)
+
+
+def choose_task(has_selection: bool, strength: float) -> str:
+    """A selection means inpaint; without one, full strength generates anew and less refines."""
+    if has_selection:
+        return "inpaint"
+    return "txt2img" if strength >= 1.0 else "img2img"
+
+
+@dataclass
+class Capture:
+    """Pixels copied from the document on the GUI thread (Krita's BGRA, cut to ``region``);
+    :func:`build_job` converts them on a worker thread."""
+
+    task: str
+    region: Rect
+    image: bytes | None = None  # the input (visible image or active layer), BGRA
+    mask: bytes | None = None  # the grown, feathered selection, one byte per pixel (255 = repaint)
+    controls: list[tuple[ControlLayer, bytes]] = field(default_factory=list)  # BGRA of each control layer
+    references: list[tuple[ReferenceLayer, bytes]] = field(default_factory=list)  # BGRA of each reference
+
+
+def check_settings(settings: Settings) -> None:
+    if not settings.model:
+        raise DocumentError("Choose a model first (connect to the server to fill the list).")
+    for control in settings.controls:
+        if control.enabled and not control.model:
+            raise DocumentError(f"Control layer {control.layer_name!r} has no ControlNet model: pick one "
+                                "(put ControlNet weights in a model folder if the list is empty).")
+        if control.enabled and not 0 <= control.start < control.end <= 1:
+            raise DocumentError(f"Control layer {control.layer_name!r}: start must be below end (0…1).")
+    for reference in settings.references:
+        if reference.enabled and not reference.model:
+            raise DocumentError(f"Reference layer {reference.layer_name!r} has no IP-Adapter model: pick one.")
+
+
+def build_job(settings: Settings, capture: Capture) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The job JSON and the images to upload for it, keyed by the job field they fill
+    (``"image"``, ``"mask"``, ``"control.0.image"``, ``"adapters.0.image"``): the values are
+    ``(bytes, width, height, channels)`` tuples (RGB or grey), turned into uploads by the worker.
+
+    Converting the pixels costs time on big canvases: call it off the GUI thread."""
+    check_settings(settings)
+    region = capture.region
+    size = (region.width, region.height)
+    job: dict[str, Any] = {
+        "model": settings.model,
+        "task": capture.task,
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt,
+        "seed": int(settings.seed),
+        "steps": int(settings.steps),
+        "cfg_scale": float(settings.cfg_scale),
+        "sampler": settings.sampler,
+        "width": region.width,
+        "height": region.height,
+    }
+    images: dict[str, Any] = {}
+    if capture.task in ("img2img", "inpaint"):
+        if capture.image is None:
+            raise DocumentError(f"{capture.task} needs the canvas pixels")
+        images["image"] = (bgra_to_rgb(capture.image), *size, 3)
+        job["strength"] = min(1.0, max(0.01, float(settings.strength)))
+    if capture.task == "inpaint":
+        if capture.mask is None:
+            raise DocumentError("inpaint needs a selection")
+        images["mask"] = (capture.mask, *size, 1)
+        # The plugin grows and feathers the selection itself (Krita does it natively) and uses
+        # that soft mask as the result layer's alpha; the engine repaints where it is >= 50 %.
+        job["inpaint"] = {"grow_px": 0, "feather_px": 0, "fill": "fill" if settings.strength >= 1.0 else "original"}
+    units = []
+    for control, pixels in capture.controls:
+        if not control.enabled:
+            continue
+        images[f"control.{len(units)}.image"] = (bgra_to_rgb(pixels), *size, 3)
+        units.append({"model": control.model, "preprocessor": control.preprocessor or NO_PREPROCESSOR,
+                      "weight": float(control.strength), "guidance_start": float(control.start),
+                      "guidance_end": float(control.end)})
+    if units:
+        job["control"] = units
+    adapters = []
+    for reference, pixels in capture.references:
+        if not reference.enabled:
+            continue
+        images[f"adapters.{len(adapters)}.image"] = (bgra_to_rgb(pixels), *size, 3)
+        adapters.append({"type": "ip_adapter", "model": reference.model, "scale": float(reference.scale)})
+    if adapters:
+        job["adapters"] = adapters
+    return job, images
+
+
+def set_path(job: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_path(job, "control.0.image", ref)`` sets ``job["control"][0]["image"]``."""
+    parts = dotted.split(".")
+    target: Any = job
+    for part in parts[:-1]:
+        target = target[int(part)] if isinstance(target, list) else target[part]
+    target[parts[-1]] = value
+
+
+def result_layer_name(number: int, task: str, prompt: str, seed: Any = None) -> str:
+    words = " ".join(prompt.split())
+    if len(words) > 40:
+        words = words[:39].rstrip() + "…"
+    seed_text = f" (seed {seed})" if seed not in (None, -1) else ""
+    return f"{LAYER_PREFIX} #{number} {task}{': ' + words if words else ''}{seed_text}"
+
+
+# -- capabilities -----------------------------------------------------------------------------
+# What each choice lists: a model whose identified kind is one of these, or (kind unknown)
+# which sits in one of these folder categories.
+MODEL_CHOICES = {
+    "checkpoint": ({"checkpoint"}, {"checkpoints", "diffusers"}),
+    "controlnet": ({"controlnet"}, {"controlnet"}),
+    "ipadapter": ({"ip_adapter", "ipadapter"}, {"ipadapter"}),
+}
+
+
+def models_of(capabilities: dict[str, Any], choice: str) -> list[str]:
+    """Names of the server's models for a choice: ``checkpoint``, ``controlnet`` or ``ipadapter``."""
+    kinds, categories = MODEL_CHOICES[choice]
+    names = []
+    for model in capabilities.get("models", []):
+        kind = str(model.get("kind") or "unknown").lower()
+        category = str(model.get("category", "")).lower()
+        if choice == "ipadapter" and model.get("variant") == "instantid":
+            continue  # InstantID's adapter works with its own IdentityNet, not as a plain reference
+        if model.get("name") and (kind in kinds or (kind == "unknown" and category in categories)):
+            names.append(model["name"])
+    return names
+
+
+def preprocessor_names(capabilities: dict[str, Any]) -> list[str]:
+    return [NO_PREPROCESSOR] + sorted(p["name"] for p in capabilities.get("preprocessors", []) if p.get("name"))
+
+
+def model_architecture(capabilities: dict[str, Any], name: str) -> str:
+    """The model's identified architecture, else a guess from its name (IP-Adapter files do not
+    always tell: ``ip-adapter_sdxl`` vs ``ip-adapter_sd15``)."""
+    for model in capabilities.get("models", []):
+        if model.get("name") == name:
+            arch = str(model.get("architecture") or "unknown")
+            if arch != "unknown":
+                return arch
+    lowered = name.lower()
+    if "sdxl" in lowered or "_xl" in lowered:
+        return "sdxl"
+    if "sd15" in lowered or "sd1.5" in lowered:
+        return "sd15"
+    return "unknown"
+
+
+def matching_models(capabilities: dict[str, Any], choice: str, checkpoint: str) -> list[str]:
+    """Models for ``choice`` matching the checkpoint's architecture first, then the others."""
+    arch = model_architecture(capabilities, checkpoint)
+    names = models_of(capabilities, choice)
+    return sorted(names, key=lambda n: (model_architecture(capabilities, n) != arch, n))
+
+
+# -- messages ---------------------------------------------------------------------------------
+def error_message(exc: BaseException, url: str = "") -> str:
+    """What went wrong and what to do, for the docker's message line."""
+    where = f" at {url}" if url else ""
+    if isinstance(exc, ServerNotRunning):
+        return (f"The ctrlgen server is not running{where}. Start it in a terminal with `ctrlgen serve`, "
+                "then press Connect.")
+    if isinstance(exc, AuthError):
+        return ("The server refused the token. Leave the token field empty to read it from ctrlgen's config "
+                "folder (`ctrlgen config-dir`, file `token`), or paste that file's content.")
+    if isinstance(exc, JobFailed):
+        if exc.code == "model_not_found":
+            return (f"A model is missing: {exc.message} Put the file in one of your model folders "
+                    "(`ctrlgen models` lists them) and press Connect to refresh the lists.")
+        if exc.code == "out_of_memory":
+            return f"Out of memory: {exc.message} Try a smaller selection or fewer control layers."
+        if exc.code == "cancelled":
+            return "Cancelled."
+        return f"The job failed ({exc.code}): {exc.message}"
+    if isinstance(exc, ClientError):
+        if exc.code == "queue_full":
+            return "The server's queue is full; wait for a job to finish and try again."
+        return f"The server answered {exc.code or exc.status}: {exc.message}"
+    if isinstance(exc, DocumentError):
+        return str(exc)
+    return f"Unexpected error: {type(exc).__name__}: {exc}"
+
+
+def event_error_message(data: dict[str, Any]) -> str:
+    """The message for a job's ``error`` event."""
+    return error_message(JobFailed(str(data.get("code", "internal_error")), str(data.get("message", ""))))
+
+
+# -- the job queue ----------------------------------------------------------------------------
+ACTIVE = ("sending", "queued", "running")
+
+
+@dataclass
+class QueueEntry:
+    key: int
+    name: str
+    task: str
+    status: str = "sending"  # sending, queued, running, finished, error, cancelled
+    job_id: str = ""
+    step: int = 0
+    total: int = 0
+    position: int = 0
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def label(self) -> str:
+        detail = {
+            "sending": "sending…",
+            "queued": f"queued ({self.position} ahead)" if self.position else "queued",
+            "running": f"{self.step}/{self.total}" if self.total else "running",
+        }.get(self.status, self.status)
+        return f"#{self.key} {self.task} — {detail}"
+
+
+class JobQueue:
+    """The docker's list of jobs, updated from server events (on the GUI thread)."""
+
+    def __init__(self, keep_done: int = 20):
+        self.entries: list[QueueEntry] = []
+        self.keep_done = keep_done
+        self._next = 1
+
+    def add(self, name: str, task: str) -> QueueEntry:
+        entry = QueueEntry(self._next, name, task)
+        self._next += 1
+        self.entries.append(entry)
+        self._trim()
+        return entry
+
+    def get(self, key: int) -> QueueEntry | None:
+        return next((e for e in self.entries if e.key == key), None)
+
+    def active(self) -> list[QueueEntry]:
+        return [e for e in self.entries if e.active]
+
+    def submitted(self, key: int, job_id: str) -> None:
+        entry = self.get(key)
+        if entry is not None:
+            entry.job_id = job_id
+            if entry.status == "sending":
+                entry.status = "queued"
+
+    def apply_event(self, key: int, kind: str, data: dict[str, Any]) -> QueueEntry | None:
+        entry = self.get(key)
+        if entry is None:
+            return None
+        if kind == "queued":
+            entry.status, entry.position = "queued", int(data.get("position", 0))
+        elif kind == "started":
+            entry.status = "running"
+        elif kind == "progress":
+            entry.status = "running"
+            entry.step, entry.total = int(data.get("step", 0)), int(data.get("total", 0))
+        elif kind in ("finished", "cancelled"):
+            entry.status = kind
+        elif kind == "error":
+            entry.status, entry.message = "error", event_error_message(data)
+        self._trim()
+        return entry
+
+    def fail(self, key: int, message: str) -> None:
+        entry = self.get(key)
+        if entry is not None:
+            entry.status, entry.message = "error", message
+
+    def progress(self) -> float:
+        """Overall progress of the running job, 0…1 (0 when none runs)."""
+        running = [e for e in self.entries if e.status == "running" and e.total]
+        return running[0].step / running[0].total if running else 0.0
+
+    def _trim(self) -> None:
+        done = [e for e in self.entries if not e.active]
+        for entry in done[: max(0, len(done) - self.keep_done)]:
+            self.entries.remove(entry)
+
+
+def copy_settings(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, **changes)

@@ -1,0 +1,65 @@
+"""Fuzz every operation of the served OpenAPI document (schemathesis): valid-looking and invalid
+requests alike get answers below 500 in the protocol's error format, and the server stays healthy."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+
+EXAMPLES_PER_MODE = 8
+TIME_LIMIT_S = 90.0
+
+
+def test_fuzz_every_operation(server_factory):
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    server = server_factory("--max-queue", "5", "--max-upload-bytes", "1M", "--max-side", "512")
+    status, _, document = server.request("GET", "/openapi.json")
+    assert status == 200
+    schema = schemathesis.openapi.from_dict(json.loads(document))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    routes = {f"{op.method.upper()} {op.path}" for op in operations}
+    assert {"GET /v1/health", "PUT /v1/images/{sha256}", "POST /v1/jobs", "GET /v1/jobs/{job_id}/events",
+            "GET /v1/jobs/{job_id}/results/{index}", "POST /v1/preprocess"} <= routes
+    auth = {"Authorization": f"Bearer {server.token}"}
+    deadline = time.monotonic() + TIME_LIMIT_S
+    failures: list[str] = []
+    calls = 0
+
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if time.monotonic() > deadline:
+                break
+
+            @settings(max_examples=EXAMPLES_PER_MODE, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(mode))
+            def exercise(case) -> None:
+                nonlocal calls
+                if time.monotonic() > deadline:
+                    return
+                response = case.call(base_url=server.url, headers=auth, timeout=30)
+                calls += 1
+                if response.status_code >= 500:
+                    failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
+                                    f"{response.text[:300]}")
+                elif response.status_code >= 400 and case.method != "HEAD":
+                    error = response.json()["error"]  # every error answer has the protocol's shape
+                    assert error["code"] and error["message"], response.text
+
+            try:
+                exercise()
+            except Unsatisfiable:  # nothing invalid to send (an operation without parameters)
+                assert mode == GenerationMode.NEGATIVE, operation.path
+    assert calls > 60, f"only {calls} requests were made"
+    assert not failures, "\n".join(failures[:10])
+    assert server.alive()
+    status, health = server.json("GET", "/v1/health")
+    assert status == 200 and health["status"] == "ok"
+    assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -1,0 +1,109 @@
+"""The docker's widgets outside Krita, on whichever Qt binding is importable (PyQt6 is what
+Krita 6 uses; the real-Krita tests cover PyQt5), with a look-alike document and a real server.
+
+Skipped when neither PyQt6 nor PyQt5 can be imported in this Python:
+``pip install PyQt6`` to run it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+from fake_krita import FakeDocument
+
+
+def qt_binding() -> str | None:
+    for name in ("PyQt6", "PyQt5"):
+        try:
+            __import__(f"{name}.QtWidgets")
+            return name
+        except ImportError:
+            continue
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(qt_binding() is None,
+                                                   reason="neither PyQt6 nor PyQt5 is installed (pip install PyQt6)")]
+
+
+@pytest.fixture(scope="module")
+def qapp():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.qt import QApplication
+
+    return QApplication.instance() or QApplication([])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, bridge_model_root):
+    from krita_support import bridge_helpers
+
+    live = bridge_helpers().start_server(tmp_path_factory.mktemp("panel-server"), bridge_model_root)
+    yield live
+    live.stop()
+
+
+def spin(qapp, panel, done, timeout=120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        qapp.processEvents()
+        panel.controller.poll()
+        if done():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out; message: {panel.controller.message!r}")
+
+
+def test_panel_connects_generates_and_inpaints_through_its_buttons(qapp, server):
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.docker import CtrlgenPanel
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.qt import QT_API
+
+    assert QT_API == qt_binding()
+    doc = FakeDocument(80, 64)
+    painted = doc.add_layer("Painted", np.full((64, 80, 4), (10, 200, 30, 255), np.uint8))
+    panel = CtrlgenPanel()
+    panel.controller.document = lambda: doc
+    panel.url_edit.setText(server.url)
+    panel.token_edit.setText(server.token)
+    panel.connect_button.click()
+    spin(qapp, panel, lambda: panel.controller.connection != "connecting")
+    assert panel.status_label.text() == f"Connected to {server.url}", panel.message_label.text()
+    assert panel.model_combo.findText("tiny-sd15") >= 0
+    assert panel.preprocessor_combo.itemText(0) == "none" and panel.preprocessor_combo.findText("canny") > 0
+    panel.model_combo.setCurrentIndex(panel.model_combo.findText("tiny-sd15"))
+    panel.prompt_edit.setPlainText("a green field")
+    panel.steps_spin.setValue(2)
+    panel.seed_spin.setValue(3)
+    panel.feather_spin.setValue(4)
+
+    # Inpaint without a selection: refused with a message, nothing queued.
+    panel.inpaint_button.click()
+    assert "needs a selection" in panel.message_label.text() and panel.queue_list.count() == 0
+
+    # Generate without a selection: the whole canvas, one new opaque layer on top.
+    panel.generate_button.click()
+    spin(qapp, panel, lambda: not panel.controller.busy and not panel.controller._jobs)
+    assert panel.queue_list.item(0).text() == "#1 txt2img — finished"
+    layers = [n.name() for n in doc.root.children]
+    assert layers == ["Painted", "[ctrlgen] #1 txt2img: a green field (seed 3)"]
+    result = doc.root.children[-1].pixels
+    assert (result[..., 3] == 255).all() and result[..., :3].std() > 0
+
+    # With a selection: the job inpaints it; the result layer is transparent outside.
+    doc.select(30, 20, 20, 16)
+    panel.generate_button.click()
+    spin(qapp, panel, lambda: not panel.controller.busy and not panel.controller._jobs)
+    assert panel.queue_list.item(0).text() == "#2 inpaint — finished"
+    inpainted = doc.root.children[-1].pixels
+    ys, xs = np.nonzero(inpainted[..., 3])
+    assert xs.min() >= 30 - 4 and xs.max() < 50 + 4 and ys.min() >= 20 - 4 and ys.max() < 36 + 4
+    assert (inpainted[24:32, 34:46, 3] == 255).all()
+    assert (painted.pixels == (10, 200, 30, 255)).all()
+
+    # Discard removes the newest result layer.
+    panel.discard_button.click()
+    assert [n.name() for n in doc.root.children] == layers
+    panel.close()
