@@ -16,7 +16,9 @@ def load(name):
 
 
 def test_engine_benchmark_runs(tmp_path, torch_single_thread):
-    rows = load("bench_engine").main(["--repeat", "1", "--steps", "1", "--json", str(tmp_path / "r.json")])
-    assert [r["measure"].split()[0] for r in rows] == ["ControlNet", "ctrlgen"]
+    rows = load("bench_engine").main(["--repeat", "1", "--steps", "1", "--size", "64",
+                                      "--json", str(tmp_path / "r.json")])
+    assert [r["measure"].split()[0] for r in rows] == ["ControlNet", "ControlNet", "previews", "txt2img", "img2img",
+                                                       "inpaint", "first", "ctrlgen"]
     assert all(r["ratio"] > 0 for r in rows)
     assert (tmp_path / "r.json").is_file()

@@ -161,7 +161,7 @@ def test_invalid_jobs_fail_with_clear_messages(engine, photo, overrides, message
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"prompt": "x"}, "job.model: Field required"),
+        ({"prompt": "x"}, "job.model is missing: name a checkpoint"),
         ({"model": "m", "steps": 500}, "job.steps: Input should be less than or equal to 150 (got 500)"),
         ({"model": "m", "sampler": "Eulr"}, "unknown sampler 'Eulr'; choose one of"),
         ({"model": "m", "colour": 1}, "job.colour: Extra inputs are not permitted"),

@@ -15,7 +15,7 @@ from krita_support import bridge_helpers, free_port, krita_missing, run_kritarun
 
 # "undo" first: Krita's undo action follows the first main window opened in the process.
 SCENARIOS = ("undo", "window", "inpaint", "control", "cancel", "server_down", "screenshot", "big_canvas",
-             "wrong_document", "reference")
+             "wrong_document", "reference", "model_resolution")
 
 
 @pytest.fixture(scope="session")

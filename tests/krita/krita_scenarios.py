@@ -68,6 +68,8 @@ def _connected(config, url=None, token=None):
     controller = Controller(lambda: holder.get("doc"))
     controller.connect(url or config["url"], token if token is not None else config["token"])
     _wait(controller, lambda: controller.connection != "connecting", 60)
+    # The tiny test documents are generated at their own size (fast); model_resolution covers scaling.
+    controller.settings.scale_to_model = False
     return controller, holder
 
 
@@ -397,7 +399,25 @@ def reference(config):
     return {"message": controller.message, "jobs": sent, "with": outputs[0], "without": outputs[1]}
 
 
-SCENARIOS = {"reference": reference, "wrong_document": wrong_document, "big_canvas": big_canvas, "window": window, "undo": undo, "inpaint": inpaint, "control": control, "cancel": cancel, "server_down": server_down,
+def model_resolution(config):
+    """A 96×64 canvas, "generate at the model's resolution" on: the job asks for SD1.5's size
+    in the canvas's shape, and the result arrives scaled back to the canvas as one layer."""
+    controller, holder = _connected(config)
+    controller.settings.scale_to_model = True
+    sent = _record_submits(controller)
+    doc = holder["doc"] = _new_document(96, 64, "resolution")
+    _paint_layer(doc, "Painted", lambda x, y: (x * 2, y * 3, 90, 255))
+    s = controller.settings
+    s.model, s.prompt, s.seed, s.steps, s.strength = config["model"], "a landscape", 8, 2, 0.6
+    key = controller.generate()
+    finished = _wait(controller, lambda: not controller.queue.get(key).active and not controller._jobs)
+    layer = controller.results[-1][1] if controller.results else None
+    return {"finished": finished, "status": controller.queue.get(key).status, "message": controller.message,
+            "jobs": sent, "layer_bounds": [layer.bounds().width(), layer.bounds().height()] if layer else None,
+            "pixels": _b64(layer.pixelData(0, 0, 96, 64)) if layer else None}
+
+
+SCENARIOS = {"model_resolution": model_resolution, "reference": reference, "wrong_document": wrong_document, "big_canvas": big_canvas, "window": window, "undo": undo, "inpaint": inpaint, "control": control, "cancel": cancel, "server_down": server_down,
              "screenshot": screenshot}
 
 

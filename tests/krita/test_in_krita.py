@@ -185,3 +185,16 @@ def test_docker_screenshot(krita_report):
     if os.environ.get("CTRLGEN_UPDATE_SCREENSHOTS") == "1":  # how docs/images/krita-*.png are made
         shutil.copy(r["path"], DOCS_IMAGES / "krita-docker.png")
         shutil.copy(Path(r["path"]).with_name("krita-window.png"), DOCS_IMAGES / "krita-window.png")
+
+
+def test_small_canvases_are_generated_at_the_models_resolution_and_scaled_back(krita_report):
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.logic import generation_size
+
+    r = scenario(krita_report, "model_resolution")
+    assert r["finished"] and r["status"] == "finished", r["message"]
+    (job,) = r["jobs"]
+    assert (job["task"], job["width"], job["height"]) == ("img2img", *generation_size(96, 64, "sd15"))
+    assert job["width"] * job["height"] >= 512 * 512 and job["width"] / job["height"] == pytest.approx(1.5, 0.02)
+    assert r["layer_bounds"] == [96, 64]
+    layer = pixels(r["pixels"], 96, 64)
+    assert (layer[..., 3] == 255).all() and layer[..., :3].std() > 1  # a full, opaque, generated picture

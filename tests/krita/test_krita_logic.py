@@ -24,6 +24,7 @@ from ctrlgen.host_bridges.krita.ctrlgen_krita.logic import (
     choose_task,
     error_message,
     inpaint_region,
+    layer_pixels_for_server,
     matching_models,
     models_of,
     preprocessor_names,
@@ -112,6 +113,7 @@ def settings(**changes) -> Settings:
 def test_inpaint_job_sends_the_region_and_mask_the_plugin_feathered():
     region = Rect(10, 20, 64, 80)
     bgra = random_bgra(80, 64, 9)
+    bgra[..., 3] = 255  # an opaque canvas goes as RGB (transparent ones as RGBA: see below)
     mask = bytes([255]) * (64 * 80)
     job, images = build_job(settings(), Capture("inpaint", region, bgra.tobytes(), mask))
     assert job == {"model": "tiny-sd15", "task": "inpaint", "prompt": "a cat", "negative_prompt": "blur",
@@ -127,6 +129,7 @@ def test_txt2img_sends_no_image_and_img2img_sends_the_canvas():
     job, images = build_job(settings(strength=1.0), Capture("txt2img", region))
     assert job["task"] == "txt2img" and "strength" not in job and images == {}
     bgra = random_bgra(64, 96, 10)
+    bgra[..., 3] = 255
     job, images = build_job(settings(), Capture("img2img", region, bgra.tobytes()))
     assert job["strength"] == 0.6 and images == {"image": (bgra[..., 2::-1].tobytes(), 96, 64, 3)}
 
@@ -295,3 +298,43 @@ def test_results_go_on_top_at_their_offset_and_discarding_removes_them():
     np.testing.assert_array_equal(painted.pixels, before)
     kritadoc.remove_layer(doc, layer)
     assert [n.name() for n in kritadoc.iter_layers(doc)] == ["Painted"]
+
+
+def test_transparent_layers_go_as_rgba_so_the_server_composites_them_on_white():
+    from ctrlgen.core.images import to_rgb
+
+    region = Rect(0, 0, 8, 4)
+    sketch = np.zeros((4, 8, 4), np.uint8)  # a transparent layer (Krita stores BGRA 0,0,0,0) ...
+    sketch[1, :] = (0, 0, 0, 255)  # ... with one opaque black line
+    lines = ControlLayer("id", "Sketch", "lineart_standard", "cn-lines")
+    _, images = build_job(settings(controls=[lines]), Capture("txt2img", region, controls=[(lines, sketch.tobytes())]))
+    data, width, height, channels = images["control.0.image"]
+    assert channels == 4
+    seen = to_rgb(np.frombuffer(data, np.uint8).reshape(height, width, channels))  # what the server reads
+    assert (seen[1] == 0).all() and (seen[[0, 2, 3]] == 255).all()  # black line on white, not on black
+    opaque = sketch.copy()
+    opaque[..., 3] = 255
+    assert layer_pixels_for_server(opaque.tobytes()) == (opaque[..., 2::-1].tobytes(), 3)
+
+
+def test_generation_size_keeps_the_shape_within_the_models_resolution():
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.logic import generation_size
+
+    assert generation_size(4096, 4096, "sd15") == (768, 768)  # at most 1.5² × 512²
+    assert generation_size(4096, 2048, "sdxl") == (2168, 1080)
+    assert generation_size(600, 640, "sd15") == (600, 640)  # already in range: untouched
+    assert generation_size(100, 60, "sd15") == (664, 400)  # a small selection is repainted at >= 512²
+    assert generation_size(100, 60, "flux") == (100, 60)  # unknown family: the area's own size
+    for width, height in ((4096, 4096), (100, 60), (1920, 1080)):
+        w, h = generation_size(width, height, "sdxl")
+        assert w % 8 == 0 and h % 8 == 0 and abs(w / h - width / height) < 0.03
+
+
+def test_jobs_ask_for_the_generation_size_and_send_images_at_the_areas_size():
+    region = Rect(0, 0, 200, 100)
+    bgra = random_bgra(100, 200, 3)
+    bgra[..., 3] = 255
+    job, images = build_job(settings(), Capture("img2img", region, bgra.tobytes()), "sd15")
+    assert (job["width"], job["height"]) == (728, 368) and images["image"][1:] == (200, 100, 3)
+    job, _ = build_job(settings(scale_to_model=False), Capture("img2img", region, bgra.tobytes()), "sd15")
+    assert (job["width"], job["height"]) == (200, 100)

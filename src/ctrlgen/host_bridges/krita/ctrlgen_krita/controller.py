@@ -23,11 +23,12 @@ from .logic import (
     DocumentError,
     JobQueue,
     Settings,
-    bgra_to_rgb,
     build_job,
     check_settings,
     error_message,
     event_error_message,
+    layer_pixels_for_server,
+    model_architecture,
     result_layer_name,
     set_path,
     to_bgra,
@@ -115,7 +116,7 @@ class Controller:
         key = running.key
         post = self._outbox.put
         try:
-            job, images = build_job(settings, running.capture)
+            job, images = build_job(settings, running.capture, model_architecture(self.capabilities, settings.model))
             try:
                 job_id = client.submit(self._uploaded(client, job, images))
             except ClientError as exc:
@@ -141,8 +142,8 @@ class Controller:
             for position, item in enumerate(final.data.get("results", [])):
                 image = client.result(job_id, int(item.get("index", position)))
                 if (image.width, image.height) != (region.width, region.height):
-                    raise ClientError(0, "size_mismatch", f"the result is {image.width}×{image.height}, "
-                                      f"the area {region.width}×{region.height}")
+                    # Generated at the model's resolution: bring it to the area's size.
+                    image = kritadoc.scale_image(image, region.width, region.height)
                 # Converted here, off the GUI thread; the GUI thread only copies bytes into a layer.
                 layers.append((to_bgra(image.data, image.channels, alpha), item.get("seed")))
             post(("result", key, layers))
@@ -202,11 +203,10 @@ class Controller:
 
         def work() -> None:
             try:
-                rgb = bgra_to_rgb(bgra)
-                if control.preprocessor in ("", "none"):
-                    image = RawImage(rgb, region.width, region.height, 3)
-                else:
-                    image, _ = client.preprocess(control.preprocessor, RawImage(rgb, region.width, region.height, 3))
+                pixels, channels = layer_pixels_for_server(bgra)
+                image = RawImage(pixels, region.width, region.height, channels)
+                if control.preprocessor not in ("", "none"):
+                    image, _ = client.preprocess(control.preprocessor, image)
                 self._outbox.put(("map", doc, name, region, to_bgra(image.data, image.channels)))
             except Exception as exc:
                 self._outbox.put(("map_failed", error_message(exc, client.url)))

@@ -146,6 +146,11 @@ class CtrlgenPanel(QWidget):
         self.source_combo.addItem("Visible image", "visible")
         self.source_combo.addItem("Active layer", "active_layer")
         form.addRow("Input", self.source_combo)
+        self.scale_check = QCheckBox("Generate at the model's resolution", self.advanced_box)
+        self.scale_check.setChecked(True)
+        self.scale_check.setToolTip("Big canvases are generated at the model's size and scaled up; small "
+                                    "selections are repainted at it and scaled down. Off: the area's own size.")
+        form.addRow("Resolution", self.scale_check)
         self.advanced_box.toggled.connect(self._show_advanced)
         self._show_advanced(False)
         layout.addWidget(self.advanced_box)
@@ -271,6 +276,7 @@ class CtrlgenPanel(QWidget):
         s.feather_px = self.feather_spin.value()
         s.context_px = self.context_spin.value()
         s.source = self.source_combo.currentData() or "visible"
+        s.scale_to_model = self.scale_check.isChecked()
 
     def _active_layer(self) -> Any:
         doc = self.controller.document()

@@ -139,3 +139,22 @@ def remove_layer(doc: Any, layer: Any) -> None:
     """Discard a result layer (one undoable step)."""
     layer.remove()
     doc.refreshProjection()
+
+
+def scale_image(image: Any, width: int, height: int) -> Any:
+    """A server image (``RawImage``: grey, RGB or RGBA) scaled smoothly to ``width``×``height``
+    with Qt, as RGBA. QImage work is safe off the GUI thread (no widgets, no Krita API)."""
+    from .client_import import RawImage
+    from .qt import Qt, QtGui
+
+    formats = {1: QtGui.QImage.Format.Format_Grayscale8, 3: QtGui.QImage.Format.Format_RGB888,
+               4: QtGui.QImage.Format.Format_RGBA8888}
+    if image.channels not in formats:
+        raise ValueError(f"images have 1, 3 or 4 channels, not {image.channels}")
+    data = bytes(image.data)  # QImage reads this buffer; keep it alive until the copy below
+    source = QtGui.QImage(data, image.width, image.height, image.width * image.channels, formats[image.channels])
+    scaled = source.scaled(width, height, Qt.AspectRatioMode.IgnoreAspectRatio,
+                           Qt.TransformationMode.SmoothTransformation)
+    scaled = scaled.convertToFormat(QtGui.QImage.Format.Format_RGBA8888)  # 4 bytes a pixel: rows unpadded
+    pixels = scaled.constBits().asstring(width * height * 4)
+    return RawImage(bytes(pixels), width, height, 4)

@@ -7,6 +7,7 @@ documents; the server takes RGB/RGBA/grey, row-major, top to bottom.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +41,16 @@ def bgra_to_rgba(bgra: bytes | bytearray | memoryview) -> bytes:
     out[0::4] = src[2::4]
     out[2::4] = src[0::4]
     return bytes(out)
+
+
+def layer_pixels_for_server(bgra: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """``(pixels, channels)`` to send for a layer or the canvas: RGB when every pixel is opaque,
+    else RGBA, so the server composites transparent areas on white (a sketch on a transparent
+    layer arrives as black lines on white, not on black)."""
+    alpha = memoryview(bgra).cast("B")[3::4].tobytes()
+    if not alpha.strip(b"\xff"):
+        return bgra_to_rgb(bgra), 3
+    return bgra_to_rgba(bgra), 4
 
 
 def bgra_alpha(bgra: bytes | bytearray | memoryview) -> bytes:
@@ -203,6 +214,9 @@ class Settings:
     feather_px: int = 8
     context_px: int = 32
     source: str = "visible"  # "visible" (the projection) or "active_layer"
+    # Generate at the model's resolution (see generation_size) and scale the result to the area;
+    # off: generate at the area's own size.
+    scale_to_model: bool = True
     controls: list[ControlLayer] = field(default_factory=list)
     references: list[ReferenceLayer] = field(default_factory=list)
 
@@ -241,15 +255,42 @@ def check_settings(settings: Settings) -> None:
             raise DocumentError(f"Reference layer {reference.layer_name!r} has no IP-Adapter model: pick one.")
 
 
-def build_job(settings: Settings, capture: Capture) -> tuple[dict[str, Any], dict[str, Any]]:
+NATIVE_SIDE = {"sd15": 512, "sd2": 768, "sdxl": 1024}  # the side each family was trained at
+
+
+def generation_size(width: int, height: int, architecture: str) -> tuple[int, int]:
+    """The size to generate an area of ``width``×``height`` at: the area's shape, scaled so its
+    pixel count lies between the model's native area and 1.5² times it (SD1.5: 512² to 768²,
+    SDXL: 1024² to 1536²), sides a multiple of 8. A 4096² canvas is not denoised at 4096² (slow,
+    and the model repeats itself), nor a 100×60 selection at 100×60 (too few latents to draw in);
+    inpaint results are composited back at the area's size by the server, others scaled here."""
+    native = NATIVE_SIDE.get(architecture)
+    if native is None:
+        return width, height
+    area, low, high = width * height, native * native, (native * 1.5) ** 2
+    scale = math.sqrt(high / area) if area > high else math.sqrt(low / area) if area < low else 1.0
+    if scale == 1.0:
+        return width, height
+    to_8 = math.ceil if scale > 1 else math.floor  # stay inside the range after rounding to 8
+    return max(64, to_8(width * scale / 8) * 8), max(64, to_8(height * scale / 8) * 8)
+
+
+def build_job(settings: Settings, capture: Capture, architecture: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
     """The job JSON and the images to upload for it, keyed by the job field they fill
     (``"image"``, ``"mask"``, ``"control.0.image"``, ``"adapters.0.image"``): the values are
-    ``(bytes, width, height, channels)`` tuples (RGB or grey), turned into uploads by the worker.
+    ``(bytes, width, height, channels)`` tuples (RGB, RGBA where transparent, or grey), turned
+    into uploads by the worker.
+
+    ``architecture`` (the model's, from the capabilities) sets the generation size when
+    ``settings.scale_to_model`` is on (:func:`generation_size`); images always go at the area's size.
 
     Converting the pixels costs time on big canvases: call it off the GUI thread."""
     check_settings(settings)
     region = capture.region
     size = (region.width, region.height)
+    width, height = size
+    if settings.scale_to_model:
+        width, height = generation_size(region.width, region.height, architecture)
     job: dict[str, Any] = {
         "model": settings.model,
         "task": capture.task,
@@ -259,14 +300,15 @@ def build_job(settings: Settings, capture: Capture) -> tuple[dict[str, Any], dic
         "steps": int(settings.steps),
         "cfg_scale": float(settings.cfg_scale),
         "sampler": settings.sampler,
-        "width": region.width,
-        "height": region.height,
+        "width": width,
+        "height": height,
     }
     images: dict[str, Any] = {}
     if capture.task in ("img2img", "inpaint"):
         if capture.image is None:
             raise DocumentError(f"{capture.task} needs the canvas pixels")
-        images["image"] = (bgra_to_rgb(capture.image), *size, 3)
+        pixels, channels = layer_pixels_for_server(capture.image)
+        images["image"] = (pixels, *size, channels)
         job["strength"] = min(1.0, max(0.01, float(settings.strength)))
     if capture.task == "inpaint":
         if capture.mask is None:
@@ -279,7 +321,8 @@ def build_job(settings: Settings, capture: Capture) -> tuple[dict[str, Any], dic
     for control, pixels in capture.controls:
         if not control.enabled:
             continue
-        images[f"control.{len(units)}.image"] = (bgra_to_rgb(pixels), *size, 3)
+        data, channels = layer_pixels_for_server(pixels)
+        images[f"control.{len(units)}.image"] = (data, *size, channels)
         units.append({"model": control.model, "preprocessor": control.preprocessor or NO_PREPROCESSOR,
                       "weight": float(control.strength), "guidance_start": float(control.start),
                       "guidance_end": float(control.end)})
@@ -289,7 +332,8 @@ def build_job(settings: Settings, capture: Capture) -> tuple[dict[str, Any], dic
     for reference, pixels in capture.references:
         if not reference.enabled:
             continue
-        images[f"adapters.{len(adapters)}.image"] = (bgra_to_rgb(pixels), *size, 3)
+        data, channels = layer_pixels_for_server(pixels)
+        images[f"adapters.{len(adapters)}.image"] = (data, *size, channels)
         adapters.append({"type": "ip_adapter", "model": reference.model, "scale": float(reference.scale)})
     if adapters:
         job["adapters"] = adapters
