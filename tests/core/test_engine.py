@@ -296,3 +296,16 @@ def test_rgba_inputs_composite_on_white_exactly_and_opaque_ones_pass_through():
     assert np.array_equal(to_rgb(rgba), np.floor(colour * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8))
     rgba[..., 3] = 255
     assert np.array_equal(to_rgb(rgba), rgba[..., :3])
+
+
+def test_jobs_never_change_the_cached_pipelines_precision(tiny_model_root, photo):
+    """Views share the cached modules: a view that cast itself (diffusers' from_pipe casts to
+    float32 unless told otherwise) would turn a half-precision cache into float32 in place."""
+    import torch
+
+    half = Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu", precision="bfloat16")
+    result = half.run(make_job(photo, steps=2))
+    base = next(iter(half._pipelines.values()))
+    assert result.images[0].size == (64, 64)
+    assert {p.dtype for p in base.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in next(iter(half._controlnets.values())).parameters()} == {torch.bfloat16}

@@ -68,6 +68,7 @@ def with_identitynet(
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
     from ctrlgen.core.tasks import pipeline_class as task_pipeline_class
+    from ctrlgen.core.tasks import pipeline_view
 
     current = context.pipeline
     existing = getattr(current, "controlnet", None)
@@ -105,8 +106,7 @@ def with_identitynet(
         ends = [*saved["control_guidance_end"], end]
     else:
         controlnet, images, scales, starts, ends = identitynet, control_image, scale, [start], [end]
-    context.pipeline = pipeline_class.from_pipe(current, controlnet=controlnet)
-    context.pipeline.set_progress_bar_config(disable=True)
+    context.pipeline = pipeline_view(pipeline_class, current, controlnet=controlnet)
     context.call_kwargs.update(
         {
             image_key: images,

@@ -3,7 +3,7 @@
 Several units per job; each brings a ControlNet model, a control map, a weight, the fraction
 of the steps it acts in and a control mode (sd-webui-controlnet's balanced / my prompt is more
 important / ControlNet is more important, see :mod:`ctrlgen.adapters._controlnet_modes`).
-The pipeline is swapped for a job-local ControlNet view (``from_pipe``) so the cached base
+The pipeline is swapped for a job-local ControlNet view (``tasks.pipeline_view``) so the cached base
 pipeline is never modified.
 
 * **ControlNet inpaint** on a regular checkpoint: a unit with preprocessor ``inpaint`` (or
@@ -78,12 +78,11 @@ def attach_controlnet(context, units):
         controlnet, kwargs = _union_controlnet(context, units, images)
     else:
         controlnet, kwargs = _regular_controlnet(context, units, images)
-    from ctrlgen.core.tasks import pipeline_class
+    from ctrlgen.core.tasks import pipeline_class, pipeline_view
 
     kind = "union" if all(union) else True
-    context.pipeline = pipeline_class(context.architecture, context.job.task, controlnet=kind).from_pipe(
-        original_pipeline, controlnet=controlnet)
-    context.pipeline.set_progress_bar_config(disable=True)
+    context.pipeline = pipeline_view(pipeline_class(context.architecture, context.job.task, controlnet=kind),
+                                     original_pipeline, controlnet=controlnet)
     context.call_kwargs.update(kwargs)
     try:
         yield context

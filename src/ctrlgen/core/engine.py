@@ -2,7 +2,7 @@
 
 One :class:`Engine` caches loaded pipelines and ControlNets by file, so a second job on
 the same model only pays for the denoising. Each job runs on a job-local view of the
-cached pipeline (``from_pipe`` shares the modules, copies nothing), so the cached one is
+cached pipeline (``tasks.pipeline_view`` shares the modules, copies nothing), so the cached one is
 never mutated by a job's scheduler, ControlNets or adapters.
 """
 
@@ -480,8 +480,7 @@ class Engine:
         pipeline_class = arch.pipeline_class(job.task)
         scheduler = (make_scheduler(job.sampler, base.scheduler.config) if arch.a1111_samplers
                      else type(base.scheduler).from_config(base.scheduler.config))
-        pipeline = pipeline_class.from_pipe(base, scheduler=scheduler)
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = tasks.pipeline_view(pipeline_class, base, scheduler=scheduler)
 
         call_kwargs: dict[str, Any] = dict(
             **task_inputs.call_kwargs,

@@ -59,6 +59,38 @@ def pipeline_class(architecture: str, task: str, controlnet: bool | str = False)
     return architecture_spec(architecture).pipeline_class(task, controlnet)
 
 
+def pipeline_view(pipeline_cls: Any, base: Any, **components: Any) -> Any:
+    """A job-local ``pipeline_cls`` sharing ``base``'s modules, with ``components`` swapped in.
+
+    What diffusers' ``from_pipe`` does, without its last step: ``from_pipe`` ends with
+    ``.to(dtype)`` (float32 unless told otherwise), which casts the SHARED modules of an fp16
+    pipeline to fp32 in place and walks every module of the pipeline on every job."""
+    expected, optional = pipeline_cls._get_signature_keys(pipeline_cls)
+    base_components = base.components
+    kwargs: dict[str, Any] = {}
+    for name in expected:
+        if name in components:
+            kwargs[name] = components[name]
+        elif name in base_components:
+            kwargs[name] = base_components[name]
+    config = base.config
+    for name in optional:  # pipeline options: requires_safety_checker, force_zeros_for_empty_prompt, ...
+        if name in components:
+            kwargs[name] = components[name]
+        elif name in config:
+            kwargs[name] = config[name]
+        elif f"_{name}" in config:
+            kwargs[name] = config[f"_{name}"]
+    view = pipeline_cls(**kwargs)
+    # Options the class does not take stay in its config, for the next view made from this one.
+    unused = {(k if k.startswith("_") else f"_{k}"): v for k, v in config.items()
+              if k not in kwargs and k not in expected and not k.startswith("_name_or_path")}
+    if unused:
+        view.register_to_config(**unused)
+    view.set_progress_bar_config(disable=True)
+    return view
+
+
 def control_image_key(task: str) -> str:
     """The call argument that carries ControlNet maps (img2img/inpaint use ``image`` for the input)."""
     return "image" if task == "txt2img" else "control_image"
