@@ -326,16 +326,16 @@ def _write_tiny(architecture: str, root: Path) -> TinyModel:
     return _tiny_paths(architecture, folder, root)
 
 
-def _build_tiny(model: TinyModel) -> None:
+def save_tiny_pipeline(model: Any, components: dict[str, Any]) -> Any:
+    """Build ``model.pipeline_cls_name`` from ``components`` and write it both ways: a diffusers
+    folder (``model.pipeline_dir``) and an original-key single file (``model.checkpoint``) with
+    its ``.config.json`` sidecar. Returns the pipeline."""
     import diffusers
     from safetensors.torch import save_file
 
-    from ctrlgen.testing.ldm_keys import checkpoint_from_components, controlnet_to_ldm
+    from ctrlgen.testing.ldm_keys import checkpoint_from_components
 
-    if model.architecture == "sdxl":
-        components = tiny_sdxl_components(cache_dir=model.cache_dir)
-    else:
-        components = tiny_sd15_components(cache_dir=model.cache_dir)
+    if model.architecture != "sdxl":
         components["requires_safety_checker"] = False
     pipe = getattr(diffusers, model.pipeline_cls_name)(**components)
     pipe.save_pretrained(model.pipeline_dir, safe_serialization=True)
@@ -348,6 +348,19 @@ def _build_tiny(model: TinyModel) -> None:
     )
     save_file(_contiguous(checkpoint), model.checkpoint, metadata={"format": "pt"})
     write_sidecar(model.checkpoint, model.pipeline_dir)
+    return pipe
+
+
+def _build_tiny(model: TinyModel) -> None:
+    from safetensors.torch import save_file
+
+    from ctrlgen.testing.ldm_keys import controlnet_to_ldm
+
+    if model.architecture == "sdxl":
+        components = tiny_sdxl_components(cache_dir=model.cache_dir)
+    else:
+        components = tiny_sd15_components(cache_dir=model.cache_dir)
+    pipe = save_tiny_pipeline(model, components)
 
     controlnet = tiny_controlnet(pipe.unet)
     controlnet.save_pretrained(model.controlnet_dir, safe_serialization=True)

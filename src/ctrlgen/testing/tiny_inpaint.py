@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctrlgen.core.diffusers_configs import write_sidecar
 from ctrlgen.core.tokenizer import publish_folder
 
 INPAINT_IN_CHANNELS = 9  # 4 latents + 1 mask + 4 masked-image latents
@@ -94,26 +93,9 @@ def _paths(architecture: str, folder: Path) -> TinyInpaintModel:
 
 
 def _build(model: TinyInpaintModel, cache_dir: Path) -> None:
-    import diffusers
-    from safetensors.torch import save_file
+    from ctrlgen.testing.tiny import save_tiny_pipeline
 
-    from ctrlgen.testing.ldm_keys import checkpoint_from_components
-    from ctrlgen.testing.tiny import _contiguous
-
-    components = tiny_inpaint_components(model.architecture, cache_dir=cache_dir)
-    if model.architecture != "sdxl":
-        components["requires_safety_checker"] = False
-    pipe = getattr(diffusers, model.pipeline_cls_name)(**components)
-    pipe.save_pretrained(model.pipeline_dir, safe_serialization=True)
-    checkpoint = checkpoint_from_components(
-        model.architecture,
-        unet=pipe.unet,
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        text_encoder_2=getattr(pipe, "text_encoder_2", None),
-    )
-    save_file(_contiguous(checkpoint), model.checkpoint, metadata={"format": "pt"})
-    write_sidecar(model.checkpoint, model.pipeline_dir)
+    save_tiny_pipeline(model, tiny_inpaint_components(model.architecture, cache_dir=cache_dir))
 
 
 def add_inpaint_models(model_root: Any, architectures: tuple[str, ...] = ("sd15",),
