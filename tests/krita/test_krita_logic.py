@@ -338,3 +338,19 @@ def test_jobs_ask_for_the_generation_size_and_send_images_at_the_areas_size():
     assert (job["width"], job["height"]) == (728, 368) and images["image"][1:] == (200, 100, 3)
     job, _ = build_job(settings(scale_to_model=False), Capture("img2img", region, bgra.tobytes()), "sd15")
     assert (job["width"], job["height"]) == (200, 100)
+
+
+def test_reference_layers_use_an_ip_adapter_or_reference_only():
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.logic import REFERENCE_ONLY
+
+    region = Rect(0, 0, 64, 64)
+    style = ReferenceLayer("id1", "Style", REFERENCE_ONLY, scale=0.7)
+    face = ReferenceLayer("id2", "Face", "ip-adapter_sd15", scale=0.5)
+    pixels = bytes([9, 9, 9, 255]) * 64 * 64
+    job, images = build_job(settings(references=[style, face]),
+                            Capture("txt2img", region, references=[(style, pixels), (face, pixels)]))
+    assert job["adapters"] == [{"type": "reference", "mode": "reference_adain+attn", "weight": 0.7},
+                               {"type": "ip_adapter", "model": "ip-adapter_sd15", "scale": 0.5}]
+    assert set(images) == {"adapters.0.image", "adapters.1.image"}
+    with pytest.raises(DocumentError, match="needs none"):
+        build_job(settings(references=[ReferenceLayer("id3", "X", "")]), Capture("txt2img", region))

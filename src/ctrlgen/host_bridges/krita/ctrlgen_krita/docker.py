@@ -8,6 +8,7 @@ from . import kritadoc
 from .controller import Controller
 from .logic import (
     NO_PREPROCESSOR,
+    REFERENCE_ONLY,
     ControlLayer,
     ReferenceLayer,
     matching_models,
@@ -195,7 +196,7 @@ class CtrlgenPanel(QWidget):
         self.control_enabled_check.toggled.connect(self._store_control)
         layout.addWidget(controls)
 
-        refs = QGroupBox("Reference layers (IP-Adapter)", body)
+        refs = QGroupBox("Reference layers", body)
         box = QVBoxLayout(refs)
         self.reference_list = QListWidget(refs)
         self.reference_list.setMaximumHeight(50)
@@ -211,7 +212,7 @@ class CtrlgenPanel(QWidget):
         box.addLayout(row)
         form = QFormLayout()
         self.reference_model_combo = QComboBox(refs)
-        form.addRow("IP-Adapter", self.reference_model_combo)
+        form.addRow("Reference by", self.reference_model_combo)
         self.reference_scale_spin = self._fraction_spin(refs, 0.6, 2.0)
         form.addRow("Scale", self.reference_scale_spin)
         box.addLayout(form)
@@ -332,7 +333,7 @@ class CtrlgenPanel(QWidget):
             return
         models = matching_models(self.controller.capabilities, "ipadapter", self.model_combo.currentText())
         self.controller.settings.references.append(
-            ReferenceLayer(kritadoc.node_id(node), node.name(), model=models[0] if models else ""))
+            ReferenceLayer(kritadoc.node_id(node), node.name(), model=models[0] if models else REFERENCE_ONLY))
         self.refresh()
         self.reference_list.setCurrentRow(len(self.controller.settings.references) - 1)
 
@@ -403,7 +404,8 @@ class CtrlgenPanel(QWidget):
             _fill(self.model_combo, models_of(caps, "checkpoint"))
             _fill(self.preprocessor_combo, preprocessor_names(caps) if caps else [NO_PREPROCESSOR])
             _fill(self.control_model_combo, matching_models(caps, "controlnet", self.model_combo.currentText()))
-            _fill(self.reference_model_combo, matching_models(caps, "ipadapter", self.model_combo.currentText()))
+            _fill(self.reference_model_combo,
+                  [*matching_models(caps, "ipadapter", self.model_combo.currentText()), REFERENCE_ONLY])
             if caps.get("samplers"):
                 _fill(self.sampler_combo, list(caps["samplers"]))
             _fill_list(self.control_list, [_control_label(x) for x in c.settings.controls])

@@ -187,9 +187,13 @@ class ControlLayer:
     enabled: bool = True
 
 
+REFERENCE_ONLY = "reference-only (no model)"  # the reference choice that needs no IP-Adapter file
+
+
 @dataclass
 class ReferenceLayer:
-    """A layer used as an IP-Adapter reference image."""
+    """A layer used as a reference image: through an IP-Adapter ``model``, or, with
+    :data:`REFERENCE_ONLY`, through reference-only attention (``scale`` is then its weight)."""
 
     layer_id: str
     layer_name: str
@@ -252,7 +256,8 @@ def check_settings(settings: Settings) -> None:
             raise DocumentError(f"Control layer {control.layer_name!r}: start must be below end (0…1).")
     for reference in settings.references:
         if reference.enabled and not reference.model:
-            raise DocumentError(f"Reference layer {reference.layer_name!r} has no IP-Adapter model: pick one.")
+            raise DocumentError(f"Reference layer {reference.layer_name!r} has no IP-Adapter model: pick one "
+                                f"(or {REFERENCE_ONLY!r}, which needs none).")
 
 
 NATIVE_SIDE = {"sd15": 512, "sd2": 768, "sdxl": 1024}  # the side each family was trained at
@@ -334,7 +339,10 @@ def build_job(settings: Settings, capture: Capture, architecture: str = "") -> t
             continue
         data, channels = layer_pixels_for_server(pixels)
         images[f"adapters.{len(adapters)}.image"] = (data, *size, channels)
-        adapters.append({"type": "ip_adapter", "model": reference.model, "scale": float(reference.scale)})
+        if reference.model == REFERENCE_ONLY:
+            adapters.append({"type": "reference", "mode": "reference_adain+attn", "weight": float(reference.scale)})
+        else:
+            adapters.append({"type": "ip_adapter", "model": reference.model, "scale": float(reference.scale)})
     if adapters:
         job["adapters"] = adapters
     return job, images
