@@ -20,23 +20,10 @@ kept); the global torch RNG is left as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def _write(path: Path, seed: int, make: Callable[[], Any]) -> Path:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            payload = make()
-        partial = path.with_name(path.name + ".partial")
-        torch.save(payload, partial)
-        partial.replace(path)
-    return path
+from .tiny_lines import write_seeded
 
 
 def _with_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -63,7 +50,7 @@ def write_midas(folder: Path) -> Path:
             network = build_midas()
         return network.state_dict()
 
-    return _write(Path(folder) / "dpt_hybrid-midas-501f0c75.pt", 1, make)
+    return write_seeded(folder, "dpt_hybrid-midas-501f0c75.pt", 1, make)
 
 
 def write_zoe(folder: Path) -> Path:
@@ -74,15 +61,15 @@ def write_zoe(folder: Path) -> Path:
             network = build_zoe()
         return {"model": network.state_dict()}
 
-    return _write(Path(folder) / "ZoeD_M12_N.pt", 2, make)
+    return write_seeded(folder, "ZoeD_M12_N.pt", 2, make)
 
 
 def write_leres(folder: Path) -> Path:
     from ctrlgen.preprocessors._depth import build_leres
 
-    return _write(Path(folder) / "res101.pth", 3,
-                  lambda: {"depth_model": _with_prefix(_randomise_batch_norms(build_leres()).state_dict(),
-                                                       "module.")})
+    return write_seeded(folder, "res101.pth", 3,
+                        lambda: {"depth_model": _with_prefix(_randomise_batch_norms(build_leres()).state_dict(),
+                                                             "module.")})
 
 
 def write_leres_boost(folder: Path) -> Path:
@@ -91,7 +78,7 @@ def write_leres_boost(folder: Path) -> Path:
 
         return define_G(2, 1, 64, "unet_1024", "none", False, "normal", 0.02, []).state_dict()
 
-    return _write(Path(folder) / "latest_net_G.pth", 4, make)
+    return write_seeded(folder, "latest_net_G.pth", 4, make)
 
 
 def write_normal_bae(folder: Path) -> Path:
@@ -108,7 +95,7 @@ def write_normal_bae(folder: Path) -> Path:
                     parameter.zero_()
         return {"model": _with_prefix(network.state_dict(), "module.")}
 
-    return _write(Path(folder) / "scannet.pt", 5, make)
+    return write_seeded(folder, "scannet.pt", 5, make)
 
 
 def tiny_depth_anything(seed: int = 6) -> Any:
@@ -142,7 +129,7 @@ def write_depth_anything_folder(folder: Path, seed: int = 6) -> Path:
 
 def write_depth_anything_original(path: Path, seed: int = 6) -> Path:
     """The same tiny model in the original release's format (``DepthAnythingV2.state_dict()``)."""
-    return _write(Path(path), seed, lambda: original_state_dict(tiny_depth_anything(seed)))
+    return write_seeded(Path(path).parent, Path(path).name, seed, lambda: original_state_dict(tiny_depth_anything(seed)))
 
 
 def original_state_dict(model: Any) -> dict[str, Any]:

@@ -24,7 +24,9 @@ from typing import Any
 ROOTS_VARIABLE = "CTRLGEN_MODEL_ROOTS"
 
 
-def _write(folder: Path, filename: str, seed: int, make: Callable[[], Any]) -> Path:
+def write_seeded(folder: Path, filename: str, seed: int, make: Callable[[], Any]) -> Path:
+    """``folder/filename`` holding ``torch.save(make())`` made under ``seed`` (the global RNG is
+    left as it was); kept if it already exists, written atomically otherwise."""
     import torch
 
     folder = Path(folder)
@@ -61,7 +63,7 @@ def write_lineart(folder: Path) -> tuple[Path, Path]:
 
         return Generator(3, 1, 3).state_dict()
 
-    return _write(folder, "sk_model.pth", 1, make), _write(folder, "sk_model2.pth", 2, make)
+    return write_seeded(folder, "sk_model.pth", 1, make), write_seeded(folder, "sk_model2.pth", 2, make)
 
 
 def write_lineart_anime(folder: Path, width: int = 4) -> Path:
@@ -75,7 +77,7 @@ def write_lineart_anime(folder: Path, width: int = 4) -> Path:
         network = UnetGenerator(3, 1, 8, width, norm_layer=norm, use_dropout=False)
         return {f"module.{key}": value for key, value in network.state_dict().items()}
 
-    return _write(folder, "netG.pth", 3, make)
+    return write_seeded(folder, "netG.pth", 3, make)
 
 
 def write_manga_line(folder: Path, widths: tuple[int, ...] = (2, 4, 8, 16, 32), head: int = 2) -> Path:
@@ -88,7 +90,7 @@ def write_manga_line(folder: Path, widths: tuple[int, ...] = (2, 4, 8, 16, 32), 
         state["conv15.model.2.bias"] = state["conv15.model.2.bias"] + 200
         return state
 
-    return _write(folder, "erika.pth", 4, make)
+    return write_seeded(folder, "erika.pth", 4, make)
 
 
 def write_hed(folder: Path) -> Path:
@@ -97,7 +99,7 @@ def write_hed(folder: Path) -> Path:
 
         return {key: value.half() for key, value in ControlNetHED_Apache2().state_dict().items()}
 
-    return _write(folder, "ControlNetHED.pth", 5, make)
+    return write_seeded(folder, "ControlNetHED.pth", 5, make)
 
 
 def write_pidinet(folder: Path) -> Path:
@@ -109,7 +111,7 @@ def write_pidinet(folder: Path) -> Path:
         state["classifier.weight"] = state["classifier.weight"] * 100
         return {"epoch": 19, "state_dict": {f"module.{key}": value for key, value in state.items()}}
 
-    return _write(folder, "table5_pidinet.pth", 6, make)
+    return write_seeded(folder, "table5_pidinet.pth", 6, make)
 
 
 def write_mlsd(folder: Path) -> Path:
@@ -121,4 +123,4 @@ def write_mlsd(folder: Path) -> Path:
         state["block23.conv3.weight"] = state["block23.conv3.weight"] * 10
         return state
 
-    return _write(folder, "mlsd_large_512_fp32.pth", 7, make)
+    return write_seeded(folder, "mlsd_large_512_fp32.pth", 7, make)
