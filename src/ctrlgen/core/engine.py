@@ -458,10 +458,10 @@ class Engine:
         architecture = entry.identity.architecture
         from . import tasks
 
-        tasks.architecture_spec(architecture).pipeline_class(job.task)  # can it do this task at all?
-        if job.control and not any(tasks.architecture_spec(architecture).pipelines.get((job.task, kind))
-                                   for kind in (True, "union")):
-            tasks.architecture_spec(architecture).pipeline_class(job.task, True)  # raises, naming what it can do
+        arch = tasks.architecture_spec(architecture)
+        pipeline_class = arch.pipeline_class(job.task)  # can it do this task at all?
+        if job.control and not any(arch.pipelines.get((job.task, kind)) for kind in (True, "union")):
+            arch.pipeline_class(job.task, True)  # raises, naming what it can do
         units = self.prepare_units(job, architecture, images)
         adapters = self.prepare_adapters(job, architecture, images)
         base = self.load_pipeline(entry)
@@ -472,12 +472,9 @@ class Engine:
         seeds = [(seed + i) % 2**32 for i in range(job.batch_size)]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
 
-        from . import tasks
         from .conditioning import plan_prompts
 
         task_inputs = tasks.prepare(job, width, height, images or load_image_file, _denoiser(base).config.in_channels)
-        arch = tasks.architecture_spec(architecture)
-        pipeline_class = arch.pipeline_class(job.task)
         scheduler = (make_scheduler(job.sampler, base.scheduler.config) if arch.a1111_samplers
                      else type(base.scheduler).from_config(base.scheduler.config))
         pipeline = tasks.pipeline_view(pipeline_class, base, scheduler=scheduler)
