@@ -48,6 +48,9 @@ def run_kritarunner(home: Path, config: dict, timeout: float = 420.0) -> tuple[d
                XDG_CACHE_HOME=str(home / "cache"), XDG_RUNTIME_DIR=str(home / "runtime"),
                PYTHONPATH=os.pathsep.join([str(pykrita), str(HERE)]), CTRLGEN_KRITA_TEST_CONFIG=str(config_path),
                CTRLGEN_CONFIG_DIR=config["config_dir"], QT_QPA_PLATFORM="xcb", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    # Krita puts its swap and frame-cache files in the temp folder: keep them in the test's home.
+    env["TMPDIR"] = str(home / "tmp")
+    (home / "tmp").mkdir(exist_ok=True)
     (home / "runtime").mkdir(mode=0o700, exist_ok=True)
     Path(config["out"]).unlink(missing_ok=True)
     # Its own process group, so that on a timeout Xvfb goes too, not only xvfb-run.
