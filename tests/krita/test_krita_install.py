@@ -81,6 +81,56 @@ def test_cli_install_and_uninstall(tmp_path, capsys):
     assert "Removed" in capsys.readouterr().out and not (pykrita / PLUGIN_NAME).exists()
 
 
+MYEDITOR = """
+import shutil
+from pathlib import Path
+from ctrlgen import hookimpl, HostBridgeSpec
+
+DEFAULT = Path({default!r})
+
+def install(target=None):
+    folder = (target or DEFAULT) / "ctrlgen_myeditor"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plugin.py").write_text("# myeditor plug-in")
+    return folder
+
+def uninstall(target=None):
+    folder = (target or DEFAULT) / "ctrlgen_myeditor"
+    if not folder.exists():
+        return []
+    shutil.rmtree(folder)
+    return [folder]
+
+@hookimpl
+def ctrlgen_host_bridges():
+    yield HostBridgeSpec(name="MyEditor", install=install, uninstall=uninstall, description="test host")
+"""
+
+
+def test_cli_installs_a_host_bridge_a_plugin_registers(make_distribution, tmp_path, capsys):
+    default = tmp_path / "myeditor-home"
+    make_distribution("ctrlgen-myeditor", "0.1", {"myeditor": "cg_myeditor"},
+                      {"cg_myeditor": MYEDITOR.format(default=str(default))})
+    assert main(["install", "myeditor", "--target", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "ctrlgen_myeditor" / "plugin.py").is_file()
+    assert f"Installed the ctrlgen myeditor plugin in {tmp_path / 'elsewhere' / 'ctrlgen_myeditor'}" in capsys.readouterr().out
+    assert main(["install", "MyEditor"]) == 0  # names are normalised; no --target → the host's own folder
+    assert (default / "ctrlgen_myeditor" / "plugin.py").is_file()
+    assert main(["uninstall", "myeditor"]) == 0
+    assert "Removed" in capsys.readouterr().out and not (default / "ctrlgen_myeditor").exists()
+    assert main(["uninstall", "myeditor"]) == 0
+    assert "nothing removed" in capsys.readouterr().out
+    # Krita's own options are refused for other hosts instead of being dropped silently.
+    assert main(["install", "myeditor", "--no-enable"]) == 2
+    assert "--no-enable: only for `ctrlgen install krita`" in capsys.readouterr().err
+
+
+def test_cli_unknown_host_names_the_hosts_there_are(fresh_plugins, capsys):
+    assert main(["install", "krtia"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown host bridge 'krtia'" in err and "Did you mean 'krita'" in err and "Available: krita" in err
+
+
 def test_default_folders_follow_the_platform(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))

@@ -1,17 +1,46 @@
-"""`ctrlgen install krita` / `ctrlgen uninstall krita`: argument parsing only; the work is imported when the command runs."""
+"""`ctrlgen install HOST` / `ctrlgen uninstall HOST`: argument parsing only.
+
+Hosts come from the ``host_bridges`` registry (the ``ctrlgen_host_bridges`` hook), so a plugin
+that yields a :class:`~ctrlgen.HostBridgeSpec` for "myeditor" gets ``ctrlgen install myeditor``.
+Krita is the built-in host; its own options (``--kritarc``, ``--no-enable``) are passed to its
+installer only. The work is imported when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..core.errors import CtrlgenError
 
-def cmd_install_krita(args: argparse.Namespace) -> int:
-    from .krita import install, kritarc_path
+_KRITA_ONLY = ("kritarc", "no_enable")
 
-    kritarc = Path(args.kritarc) if args.kritarc else kritarc_path()
-    target = install(Path(args.pykrita_dir) if args.pykrita_dir else None, kritarc=kritarc, enable=not args.no_enable)
-    print(f"Installed the ctrlgen Krita plugin in {target}")
+
+def _bridge(args: argparse.Namespace):
+    from ..core.plugins import get_registry
+
+    spec = get_registry("host_bridges").get(args.host)  # unknown → names the hosts there are
+    given = [name for name in _KRITA_ONLY if getattr(args, name, None)]
+    if given and spec.name != "krita":
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CtrlgenError(f"{options}: only for `ctrlgen {args.command} krita`; the {spec.name} installer "
+                           "takes only --target")
+    return spec
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    spec = _bridge(args)
+    target = Path(args.target).expanduser() if args.target else None
+    if spec.name != "krita":
+        where = spec.install(target)
+        print(f"Installed the ctrlgen {spec.name} plugin in {where}")
+        print("Next: start the server with `ctrlgen serve`, then (re)start the application.")
+        return 0
+    from .krita import kritarc_path
+
+    kritarc = Path(args.kritarc).expanduser() if args.kritarc else kritarc_path()
+    where = spec.install(target, kritarc=kritarc, enable=not args.no_enable)
+    print(f"Installed the ctrlgen Krita plugin in {where}")
     if args.no_enable:
         print("Not enabled: turn on 'ctrlgen' in Settings > Configure Krita > Python Plugin Manager.")
     else:
@@ -20,37 +49,38 @@ def cmd_install_krita(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_uninstall_krita(args: argparse.Namespace) -> int:
-    from .krita import kritarc_path, uninstall
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    spec = _bridge(args)
+    target = Path(args.target).expanduser() if args.target else None
+    if spec.name == "krita":
+        from .krita import kritarc_path
 
-    kritarc = Path(args.kritarc) if args.kritarc else kritarc_path()
-    removed = uninstall(Path(args.pykrita_dir) if args.pykrita_dir else None, kritarc=kritarc)
-    if removed:
-        print("Removed " + ", ".join(str(path) for path in removed))
+        removed = spec.uninstall(target, kritarc=Path(args.kritarc).expanduser() if args.kritarc else kritarc_path())
     else:
-        print("The ctrlgen Krita plugin was not installed there; nothing removed.")
+        removed = spec.uninstall(target)
+    paths = [removed] if isinstance(removed, (str, Path)) else list(removed or [])
+    if paths:
+        print("Removed " + ", ".join(str(path) for path in paths))
+    else:
+        print(f"The ctrlgen {spec.name} plugin was not installed there; nothing removed.")
     return 0
-
-
-def _host_parser(sub: argparse._SubParsersAction, verb: str, help_text: str) -> argparse._SubParsersAction:
-    parser = sub.add_parser(verb, help=help_text)
-    hosts = parser.add_subparsers(dest="host", metavar="HOST", required=True)
-    return hosts
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to ``ctrlgen``'s parser."""
-    folder_help = ("Krita's pykrita folder (default: ~/.local/share/krita/pykrita on Linux, "
-                   "%%APPDATA%%\\krita\\pykrita on Windows, ~/Library/Application Support/krita/pykrita on macOS)")
-    kritarc_help = "Krita's settings file to enable the plugin in (default: Krita's kritarc)"
-    hosts = _host_parser(sub, "install", "install ctrlgen's plugin into a host application (krita)")
-    p = hosts.add_parser("krita", help="copy the Krita docker plugin and the client into Krita and enable it")
-    p.add_argument("--pykrita-dir", metavar="DIR", help=folder_help)
-    p.add_argument("--kritarc", metavar="FILE", help=kritarc_help)
-    p.add_argument("--no-enable", action="store_true", help="copy only; enable it in Krita's plugin manager")
-    p.set_defaults(func=cmd_install_krita)
-    hosts = _host_parser(sub, "uninstall", "remove ctrlgen's plugin from a host application (krita)")
-    p = hosts.add_parser("krita", help="remove the Krita plugin and its kritarc entry")
-    p.add_argument("--pykrita-dir", metavar="DIR", help=folder_help)
-    p.add_argument("--kritarc", metavar="FILE", help=kritarc_help)
-    p.set_defaults(func=cmd_uninstall_krita)
+    host_help = ("the application: krita, or a host a plugin adds (`ctrlgen plugins` lists the "
+                 "host bridges there are)")
+    target_help = ("the folder to install into (default: the application's own; for Krita its pykrita "
+                   "folder: ~/.local/share/krita/pykrita on Linux, %%APPDATA%%\\krita\\pykrita on Windows, "
+                   "~/Library/Application Support/krita/pykrita on macOS)")
+    kritarc_help = "Krita only: its settings file to enable the plugin in (default: Krita's kritarc)"
+    for verb, text, func in (("install", "install ctrlgen's plugin into a host application", cmd_install),
+                             ("uninstall", "remove ctrlgen's plugin from a host application", cmd_uninstall)):
+        p = sub.add_parser(verb, help=f"{text} (krita, …)", description=f"{text}.")
+        p.add_argument("host", metavar="HOST", help=host_help)
+        p.add_argument("--target", "--pykrita-dir", dest="target", metavar="DIR", help=target_help)
+        p.add_argument("--kritarc", metavar="FILE", help=kritarc_help)
+        if verb == "install":
+            p.add_argument("--no-enable", action="store_true",
+                           help="Krita only: copy only; enable it in Krita's plugin manager")
+        p.set_defaults(func=func)
