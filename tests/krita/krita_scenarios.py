@@ -103,7 +103,15 @@ def inpaint(config):
     s.grow_px, s.feather_px, s.context_px = 2, 6, 12
     layers_before = _names(doc)
     key = controller.generate()
-    finished = _wait(controller, lambda: not controller.queue.get(key).active and not controller._jobs)
+    previews = []  # (step, total, is a PNG) of each live preview the docker would show
+
+    def done():
+        if controller.preview is not None and (not previews or previews[-1][0] != controller.preview[2]):
+            _, png, step, total = controller.preview
+            previews.append((step, total, png[:8] == b"\x89PNG\r\n\x1a\n"))
+        return not controller.queue.get(key).active and not controller._jobs
+
+    finished = _wait(controller, done)
     entry = controller.queue.get(key)
     feathered = kritadoc.prepared_selection(doc, s)
     new_layers = [layer for d, layer in controller.results if d is doc]
@@ -116,6 +124,7 @@ def inpaint(config):
         "result": _b64(new_layers[0].pixelData(0, 0, 128, 112)) if new_layers else None,
         "result_name": new_layers[0].name() if new_layers else None,
         "feathered_mask": _b64(feathered.pixelData(0, 0, 128, 112)),
+        "previews": previews, "preview_after": controller.preview,
     }
 
 

@@ -55,6 +55,9 @@ def test_inpaint_selection_adds_a_layer_filled_inside_transparent_outside(krita_
     assert r["layers_after"][0] == r["result_name"]
     assert r["result_name"].startswith("[ctrlgen] #1 inpaint: a red helmet")
     assert r["painted_after"] == r["painted_before"]
+    # Live previews arrived while it ran (PNGs, steps of 3), and none is left once it finished.
+    assert r["previews"] and all(png and total == 3 and 1 <= step <= 3 for step, total, png in r["previews"])
+    assert r["preview_after"] is None
     layer = pixels(r["result"], w, h)
     mask = pixels(r["feathered_mask"], w, h, 1)
     alpha = layer[..., 3]

@@ -46,11 +46,13 @@ def server(tmp_path_factory, bridge_model_root):
     live.stop()
 
 
-def spin(qapp, panel, done, timeout=120.0):
+def spin(qapp, panel, done, timeout=120.0, each=None):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         qapp.processEvents()
         panel.controller.poll()
+        if each is not None:
+            each()
         if done():
             return
         time.sleep(0.02)
@@ -83,19 +85,36 @@ def test_panel_connects_generates_and_inpaints_through_its_buttons(qapp, server)
     panel.inpaint_button.click()
     assert "needs a selection" in panel.message_label.text() and panel.queue_list.count() == 0
 
-    # Generate without a selection: the whole canvas, one new opaque layer on top.
+    # Generate without a selection: the whole canvas, one new opaque layer on top; the docker
+    # shows the server's previews while it runs and hides them when it is done.
+    previews = []
+
+    def watch_preview():
+        pixmap = panel.preview_label.pixmap()
+        if panel.preview_label.isVisibleTo(panel) and pixmap is not None and not pixmap.isNull():
+            previews.append((pixmap.width(), pixmap.height(), panel.preview_label.toolTip()))
+
+    assert panel.preview_check.isChecked() and not panel.preview_label.isVisibleTo(panel)
     panel.generate_button.click()
-    spin(qapp, panel, lambda: not panel.controller.busy and not panel.controller._jobs)
+    spin(qapp, panel, lambda: not panel.controller.busy and not panel.controller._jobs, each=watch_preview)
     assert panel.queue_list.item(0).text() == "#1 txt2img — finished"
+    assert previews and previews[0][2].startswith("Preview at step ")
+    width, height = previews[0][:2]  # the generation's own size (the model's), the canvas's shape
+    assert abs(width / height - 80 / 64) < 0.05
+    assert not panel.preview_label.isVisibleTo(panel) and panel.controller.preview is None
     layers = [n.name() for n in doc.root.children]
     assert layers == ["Painted", "[ctrlgen] #1 txt2img: a green field (seed 3)"]
     result = doc.root.children[-1].pixels
     assert (result[..., 3] == 255).all() and result[..., :3].std() > 0
 
-    # With a selection: the job inpaints it; the result layer is transparent outside.
+    # With a selection: the job inpaints it; the result layer is transparent outside. Previews
+    # switched off: the server is not asked for any.
     doc.select(30, 20, 20, 16)
+    panel.preview_check.setChecked(False)
+    previews.clear()
     panel.generate_button.click()
-    spin(qapp, panel, lambda: not panel.controller.busy and not panel.controller._jobs)
+    spin(qapp, panel, lambda: not panel.controller.busy and not panel.controller._jobs, each=watch_preview)
+    assert previews == []
     assert panel.queue_list.item(0).text() == "#2 inpaint — finished"
     inpainted = doc.root.children[-1].pixels
     ys, xs = np.nonzero(inpainted[..., 3])

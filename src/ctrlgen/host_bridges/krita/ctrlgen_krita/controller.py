@@ -8,6 +8,8 @@ the GUI thread waits for the network, so big uploads and slow jobs never freeze 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import queue
 import threading
@@ -59,6 +61,8 @@ class Controller:
         self.message = ""
         self.queue = JobQueue()
         self.results: list[tuple[Any, Any]] = []  # (document, layer) of inserted results, newest last
+        # The running job's latest preview: (queue key, PNG bytes, step, total); None when there is none.
+        self.preview: tuple[int, bytes, int, int] | None = None
         self._jobs: dict[int, _Job] = {}
         self._outbox: queue.Queue = queue.Queue()
 
@@ -118,20 +122,28 @@ class Controller:
         try:
             job, images = build_job(settings, running.capture, model_architecture(self.capabilities, settings.model))
             try:
-                job_id = client.submit(self._uploaded(client, job, images))
+                job_id = client.submit(self._uploaded(client, job, images), preview=settings.live_preview)
             except ClientError as exc:
                 # The server drops old uploads when its memory fills; this client may still
                 # believe it holds one. Send them again, once.
                 if exc.status != 422 or "sha256:" not in exc.message:
                     raise
                 client.forget_uploads()
-                job_id = client.submit(self._uploaded(client, job, images))
+                job_id = client.submit(self._uploaded(client, job, images), preview=settings.live_preview)
             running.job_id = job_id
             post(("submitted", key, job_id))
             if running.cancel.is_set():
                 client.cancel(job_id)
             final = None
             for event in client.events(job_id):
+                if event.kind == "preview":
+                    # Decoded here; the GUI thread only shows the small PNG.
+                    try:
+                        png = base64.b64decode(event.data.get("data", ""), validate=True)
+                    except (binascii.Error, ValueError):
+                        continue  # a damaged preview is skipped; the job goes on
+                    post(("preview", key, png, int(event.data.get("step", 0)), int(event.data.get("total", 0))))
+                    continue
                 post(("event", key, event.kind, dict(event.data)))
                 final = event
             if final is None or final.kind != "finished":
@@ -167,6 +179,7 @@ class Controller:
         if running is None:
             return
         running.cancel.set()
+        self._clear_preview(entry.key)
         client = self.client
         if running.job_id and client is not None:
             job_id = running.job_id
@@ -253,9 +266,15 @@ class Controller:
             self.client, self.connection, self.message = None, "error", message[1]
         elif kind == "submitted":
             self.queue.submitted(message[1], message[2])
+        elif kind == "preview":
+            _, key, png, step, total = message
+            if key in self._jobs and not self._jobs[key].cancel.is_set():
+                self.preview = (key, png, step, total)
         elif kind == "event":
             _, key, event_kind, data = message
             self.queue.apply_event(key, event_kind, data)
+            if event_kind in ("finished", "error", "cancelled"):
+                self._clear_preview(key)
             if event_kind == "error":
                 self.message = event_error_message(data)
                 self._jobs.pop(key, None)
@@ -280,6 +299,7 @@ class Controller:
             entry.name = running.layers[0].name() if running.layers else entry.name
         elif kind == "failed":
             _, key, text = message
+            self._clear_preview(key)
             self.queue.fail(key, text)
             self._jobs.pop(key, None)
             self.message = text
@@ -290,6 +310,10 @@ class Controller:
             kritadoc.insert_layer(doc, name, bgra, region)
         elif kind == "map_failed":
             self.message = message[1]
+
+    def _clear_preview(self, key: int) -> None:
+        if self.preview is not None and self.preview[0] == key:
+            self.preview = None
 
     def _spawn(self, work: Callable[[], None]) -> None:
         threading.Thread(target=work, name="ctrlgen-krita", daemon=True).start()

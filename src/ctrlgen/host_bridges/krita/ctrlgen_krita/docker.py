@@ -31,6 +31,7 @@ from .qt import (
     QScrollArea,
     QSpinBox,
     Qt,
+    QtGui,
     QTimer,
     QVBoxLayout,
     QWidget,
@@ -152,6 +153,10 @@ class CtrlgenPanel(QWidget):
         self.scale_check.setToolTip("Big canvases are generated at the model's size and scaled up; small "
                                     "selections are repainted at it and scaled down. Off: the area's own size.")
         form.addRow("Resolution", self.scale_check)
+        self.preview_check = QCheckBox("Show previews while generating", self.advanced_box)
+        self.preview_check.setChecked(True)
+        self.preview_check.setToolTip("The server sends a small picture of the image every few steps")
+        form.addRow("Live preview", self.preview_check)
         self.advanced_box.toggled.connect(self._show_advanced)
         self._show_advanced(False)
         layout.addWidget(self.advanced_box)
@@ -236,6 +241,11 @@ class CtrlgenPanel(QWidget):
         self.progress_bar = QProgressBar(body)
         self.progress_bar.setRange(0, 1000)
         layout.addWidget(self.progress_bar)
+        self.preview_label = QLabel(body)
+        self.preview_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview_label.hide()
+        self._preview_shown: tuple[int, int] | None = None  # (key, step) on the label
+        layout.addWidget(self.preview_label)
         self.queue_list = QListWidget(body)
         self.queue_list.setMaximumHeight(80)
         layout.addWidget(QLabel("Queue", body))
@@ -278,6 +288,7 @@ class CtrlgenPanel(QWidget):
         s.context_px = self.context_spin.value()
         s.source = self.source_combo.currentData() or "visible"
         s.scale_to_model = self.scale_check.isChecked()
+        s.live_preview = self.preview_check.isChecked()
 
     def _active_layer(self) -> Any:
         doc = self.controller.document()
@@ -414,10 +425,34 @@ class CtrlgenPanel(QWidget):
             self.progress_bar.setValue(int(c.queue.progress() * 1000))
             self.cancel_button.setEnabled(bool(c.queue.active()))
             self.message_label.setText(c.message)
+            self._show_preview(c.preview)
         finally:
             self._building = False
         self._load_control(self.control_list.currentRow())
         self._load_reference(self.reference_list.currentRow())
+
+
+    def _show_preview(self, preview: tuple[int, bytes, int, int] | None) -> None:
+        """The running job's latest preview picture, fitted to the docker's width; hidden when none."""
+        if preview is None:
+            if self._preview_shown is not None:
+                self.preview_label.clear()
+                self.preview_label.hide()
+                self._preview_shown = None
+            return
+        key, png, step, total = preview
+        if self._preview_shown == (key, step):
+            return
+        pixmap = QtGui.QPixmap()
+        if not pixmap.loadFromData(png, "PNG"):
+            return
+        width = max(64, min(256, self.preview_label.width() or 256))
+        if pixmap.width() > width:
+            pixmap = pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
+        self.preview_label.setPixmap(pixmap)
+        self.preview_label.setToolTip(f"Preview at step {step}/{total}")
+        self.preview_label.show()
+        self._preview_shown = (key, step)
 
 
 def _control_label(control: ControlLayer) -> str:

@@ -221,6 +221,8 @@ class Settings:
     # Generate at the model's resolution (see generation_size) and scale the result to the area;
     # off: generate at the area's own size.
     scale_to_model: bool = True
+    # Ask the server for small previews of the running job (shown in the docker).
+    live_preview: bool = True
     controls: list[ControlLayer] = field(default_factory=list)
     references: list[ReferenceLayer] = field(default_factory=list)
 
