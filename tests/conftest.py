@@ -11,6 +11,9 @@ import pytest
 from ctrlgen.core import plugins
 
 
+_SCRATCH = pytest.StashKey[Path]()
+
+
 def pytest_configure(config):
     """Keep the suite away from the user's own config, caches and any network."""
     import os
@@ -31,6 +34,7 @@ def pytest_configure(config):
             user_roots = []
         os.environ["CTRLGEN_WEIGHTS_ROOTS"] = os.pathsep.join(user_roots)
     scratch = Path(tempfile.mkdtemp(prefix="ctrlgen-tests-"))
+    config.stash[_SCRATCH] = scratch
     os.environ["CTRLGEN_CONFIG_DIR"] = str(scratch / "config")
     os.environ.setdefault("CTRLGEN_CACHE_DIR", str(scratch / "cache"))
     os.environ["HF_HUB_CACHE"] = str(scratch / "hf-cache")
@@ -43,6 +47,15 @@ def pytest_configure(config):
                  "CTRLGEN_STRICT_PLUGINS", "CTRLGEN_ALLOW_PICKLE", "CTRLGEN_DEVICE"):
         os.environ.pop(name, None)
 
+
+
+def pytest_unconfigure(config):
+    """Remove the run's scratch folder (config, caches) again."""
+    import shutil
+
+    scratch = config.stash.get(_SCRATCH, None)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 @pytest.fixture
 def fresh_plugins():
