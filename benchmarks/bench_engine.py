@@ -44,7 +44,8 @@ def main(argv=None) -> list[dict]:
     from ctrlgen.core.specs import ModelRoot
     from ctrlgen.testing.tiny import write_model_root
 
-    work = Path(tempfile.mkdtemp(prefix="ctrlgen-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="ctrlgen-bench-")  # removed when main() returns
+    work = Path(scratch.name)
     placed = write_model_root(work / "root", "a1111")
     photo = work / "photo.png"
     from skimage import data

@@ -10,7 +10,6 @@ import pytest
 
 from ctrlgen.core import plugins
 
-
 _SCRATCH = pytest.StashKey[Path]()
 
 
