@@ -28,6 +28,12 @@ def _bridge(args: argparse.Namespace):
     return spec
 
 
+def _kritarc(args: argparse.Namespace) -> Path:
+    from .krita import kritarc_path
+
+    return Path(args.kritarc).expanduser() if args.kritarc else kritarc_path()
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     spec = _bridge(args)
     target = Path(args.target).expanduser() if args.target else None
@@ -36,9 +42,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"Installed the ctrlgen {spec.name} plugin in {where}")
         print("Next: start the server with `ctrlgen serve`, then (re)start the application.")
         return 0
-    from .krita import kritarc_path
-
-    kritarc = Path(args.kritarc).expanduser() if args.kritarc else kritarc_path()
+    kritarc = _kritarc(args)
     where = spec.install(target, kritarc=kritarc, enable=not args.no_enable)
     print(f"Installed the ctrlgen Krita plugin in {where}")
     if args.no_enable:
@@ -52,12 +56,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 def cmd_uninstall(args: argparse.Namespace) -> int:
     spec = _bridge(args)
     target = Path(args.target).expanduser() if args.target else None
-    if spec.name == "krita":
-        from .krita import kritarc_path
-
-        removed = spec.uninstall(target, kritarc=Path(args.kritarc).expanduser() if args.kritarc else kritarc_path())
-    else:
-        removed = spec.uninstall(target)
+    removed = spec.uninstall(target, kritarc=_kritarc(args)) if spec.name == "krita" else spec.uninstall(target)
     paths = [removed] if isinstance(removed, (str, Path)) else list(removed or [])
     if paths:
         print("Removed " + ", ".join(str(path) for path in paths))

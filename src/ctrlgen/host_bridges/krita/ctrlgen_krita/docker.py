@@ -431,7 +431,6 @@ class CtrlgenPanel(QWidget):
         self._load_control(self.control_list.currentRow())
         self._load_reference(self.reference_list.currentRow())
 
-
     def _show_preview(self, preview: tuple[int, bytes, int, int] | None) -> None:
         """The running job's latest preview picture, fitted to the docker's width; hidden when none."""
         if preview is None:
