@@ -106,21 +106,22 @@ def capture(doc: Any, settings: Settings) -> Capture:
         result.image = bgra
     if selection is not None:
         result.mask = bytes(selection.pixelData(*region.tuple()))
-    for control in settings.controls:
-        if not control.enabled:
-            continue
-        node = find_layer(doc, control.layer_id)
-        if node is None:
-            raise DocumentError(f"Control layer {control.layer_name!r} no longer exists: remove it from the list.")
-        result.controls.append((control, layer_pixels(node, region)))
-    for reference in settings.references:
-        if not reference.enabled:
-            continue
-        node = find_layer(doc, reference.layer_id)
-        if node is None:
-            raise DocumentError(f"Reference layer {reference.layer_name!r} no longer exists: remove it from the list.")
-        result.references.append((reference, layer_pixels(node, region)))
+    result.controls = _marked_layer_pixels(doc, settings.controls, "Control", region)
+    result.references = _marked_layer_pixels(doc, settings.references, "Reference", region)
     return result
+
+
+def _marked_layer_pixels(doc: Any, marked: list, kind: str, region: Rect) -> list[tuple[Any, bytes]]:
+    """``(item, BGRA in region)`` for each enabled control or reference layer; gone layers are refused."""
+    pixels = []
+    for item in marked:
+        if not item.enabled:
+            continue
+        node = find_layer(doc, item.layer_id)
+        if node is None:
+            raise DocumentError(f"{kind} layer {item.layer_name!r} no longer exists: remove it from the list.")
+        pixels.append((item, layer_pixels(node, region)))
+    return pixels
 
 
 def insert_layer(doc: Any, name: str, bgra: bytes, region: Rect) -> Any:

@@ -47,8 +47,7 @@ def layer_pixels_for_server(bgra: bytes | bytearray | memoryview) -> tuple[bytes
     """``(pixels, channels)`` to send for a layer or the canvas: RGB when every pixel is opaque,
     else RGBA, so the server composites transparent areas on white (a sketch on a transparent
     layer arrives as black lines on white, not on black)."""
-    alpha = memoryview(bgra).cast("B")[3::4].tobytes()
-    if not alpha.strip(b"\xff"):
+    if not bgra_alpha(bgra).strip(b"\xff"):
         return bgra_to_rgb(bgra), 3
     return bgra_to_rgba(bgra), 4
 
