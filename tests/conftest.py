@@ -64,6 +64,17 @@ def fresh_plugins():
     plugins.reset()
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model_root):
+    """An Engine on the tiny models, on the CPU: one per test module (its pipeline cache with it).
+    Modules that need another model root or other options define their own ``engine``."""
+    from ctrlgen.core.engine import Engine
+    from ctrlgen.core.models import ModelStore
+    from ctrlgen.core.specs import ModelRoot
+
+    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+
+
 @pytest.fixture
 def make_distribution(tmp_path, monkeypatch, fresh_plugins):
     """Install a real distribution (dist-info + module) on ``sys.path`` with ``ctrlgen`` entry points.

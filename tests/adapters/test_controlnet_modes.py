@@ -14,15 +14,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    from ctrlgen.core.engine import Engine
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.specs import ModelRoot
-
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     from PIL import Image
 

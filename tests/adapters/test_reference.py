@@ -27,11 +27,6 @@ def images(tmp_path_factory):
     return {name: str(path) for name, path in paths.items()}
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
-
-
 def job(architecture="sd15", **extra):
     return parse_job({"model": f"tiny-{architecture}", "prompt": "a cat", "negative_prompt": "blurry", "seed": 5,
                       "steps": 3, "width": 64, "height": 64, **extra})

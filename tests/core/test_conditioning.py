@@ -9,10 +9,7 @@ import torch
 from ctrlgen.core import engine as engine_module
 from ctrlgen.core import single_file
 from ctrlgen.core.conditioning import encode, plan_prompts
-from ctrlgen.core.engine import Engine
 from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -71,11 +68,6 @@ def test_clip_skip_uses_earlier_layers(sd15, sdxl):
     assert torch.equal(skip2.embeds, norm(hidden[-2]))
     (skip1,), (skip2,) = encode(sdxl, ["a cat"], clip_skip=1), encode(sdxl, ["a cat"], clip_skip=2)
     assert not torch.equal(skip1.embeds, skip2.embeds) and torch.equal(skip1.pooled, skip2.pooled)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
 
 
 def image(engine, prompt, model="tiny-sd15", steps=4):

@@ -27,11 +27,6 @@ def photo(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
-
-
 def make_job(photo, **overrides):
     job = {
         "model": "tiny-sd15",

@@ -7,22 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ctrlgen.core.engine import Engine
 from ctrlgen.core.errors import JobError
 from ctrlgen.core.jobs import parse_job
 from ctrlgen.core.masks import feather, prepare_mask
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
 from ctrlgen.core.tasks import latent_fill
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 FEATHER = 4
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
 
 
 @pytest.fixture(scope="module")

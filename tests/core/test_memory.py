@@ -72,11 +72,6 @@ def test_settings_choose_the_modes(monkeypatch, tmp_path):
         Engine(store=ModelStore([]), memory="half")
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
-
-
 def job(**extra):
     return parse_job({"model": "tiny-sd15", "prompt": "a cat", "seed": 3, "steps": 2, "width": 128, "height": 128}
                      | extra)

@@ -6,22 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctrlgen.core.engine import Engine
 from ctrlgen.core.errors import JobError
 from ctrlgen.core.jobs import parse_job
 from ctrlgen.core.masks import Expansion, expand_canvas, feather, outpaint_mask, prepare_mask
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
 from ctrlgen.core.tasks import inpaint_frame, prepare
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 W, H = 64, 48  # the input photo
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
 
 
 @pytest.fixture(scope="module")

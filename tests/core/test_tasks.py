@@ -6,19 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctrlgen.core.engine import Engine
 from ctrlgen.core.errors import CtrlgenError, JobError
 from ctrlgen.core.jobs import parse_job
 from ctrlgen.core.masks import feather, prepare_mask
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_root):
-    return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
 
 
 @pytest.fixture(scope="module")
