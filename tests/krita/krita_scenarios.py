@@ -85,6 +85,22 @@ def _record_submits(controller):
     return sent
 
 
+def _with_and_without(controller, layer_item):
+    """Generate a 64×64 document twice, ``layer_item`` (a control or reference layer) used, then not;
+    each run's status, result pixels and layer name."""
+    outputs = []
+    for enabled in (True, False):
+        layer_item.enabled = enabled
+        key = controller.generate()
+        _wait(controller, lambda key=key: key is None or (not controller.queue.get(key).active
+                                                          and not controller._jobs))
+        layer = controller.results[-1][1] if controller.results and key is not None else None
+        outputs.append({"status": controller.queue.get(key).status if key else None,
+                        "pixels": _b64(layer.pixelData(0, 0, 64, 64)) if layer else None,
+                        "name": layer.name() if layer else None})
+    return outputs
+
+
 def inpaint(config):
     from ctrlgen_krita import kritadoc
 
@@ -146,16 +162,7 @@ def control(config):
     prefix = "[ctrlgen] control map: canny (Edges)"
     _wait(controller, lambda: any(name == prefix for name in _names(doc)), 120)
     preview = next((n for n in kritadoc.iter_layers(doc) if n.name() == prefix), None)
-    outputs = []
-    for enabled in (True, False):
-        unit.enabled = enabled
-        key = controller.generate()
-        _wait(controller, lambda key=key: key is None or (not controller.queue.get(key).active
-                                                          and not controller._jobs))
-        layer = controller.results[-1][1] if controller.results and key is not None else None
-        outputs.append({"status": controller.queue.get(key).status if key else None,
-                        "pixels": _b64(layer.pixelData(0, 0, 64, 64)) if layer else None,
-                        "name": layer.name() if layer else None})
+    outputs = _with_and_without(controller, unit)
     return {
         "message": controller.message, "layers": _names(doc), "width": 64, "height": 64,
         "edges": _b64(edges.pixelData(0, 0, 64, 64)),
@@ -396,15 +403,7 @@ def reference(config):
     s = controller.settings
     s.model, s.prompt, s.seed, s.steps, s.strength = config["model"], "a portrait", 21, 2, 1.0
     s.references = [ref]
-    outputs = []
-    for enabled in (True, False):
-        ref.enabled = enabled
-        key = controller.generate()
-        _wait(controller, lambda key=key: key is None or (not controller.queue.get(key).active
-                                                          and not controller._jobs))
-        layer = controller.results[-1][1] if controller.results and key is not None else None
-        outputs.append({"status": controller.queue.get(key).status if key else None,
-                        "pixels": _b64(layer.pixelData(0, 0, 64, 64)) if layer else None})
+    outputs = _with_and_without(controller, ref)
     return {"message": controller.message, "jobs": sent, "with": outputs[0], "without": outputs[1]}
 
 
