@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_seconds, paired_medians, report  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-SERVE = os.environ.get("BENCH_SERVE", "-m ctrlgen.core.cli").split()
+SERVE = os.environ.get("BENCH_SERVE", "-m ctrlgen.core.cli.main").split()
 
 # The raw TCP server: per round a 24-byte header (canvas, mask and result sizes), the two
 # bodies read into one preallocated buffer, then the result's bytes sent back.
@@ -255,7 +255,7 @@ def server_compute_seconds(size: int, mask: bytearray, repeat: int) -> float:
     """What the preprocess route computes for the result (tile_resample of the mask), in-process."""
     import numpy as np
 
-    from ctrlgen.core.preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
 
     pixels = np.frombuffer(bytes(mask), np.uint8).reshape(size, size)
     return median_seconds(lambda: preprocess("tile_resample", pixels, down_sampling_rate=1.0), repeat=repeat)

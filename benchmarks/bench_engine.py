@@ -37,11 +37,11 @@ def main(argv=None) -> list[dict]:
     import torch
     from PIL import Image
 
-    from ctrlgen.core.engine import Engine
-    from ctrlgen.core.jobs import parse_job
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.preprocess import preprocess
-    from ctrlgen.core.specs import ModelRoot
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.engine.jobs import parse_job
+    from ctrlgen.core.engine.preprocess import preprocess
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
     from ctrlgen.testing.tiny import write_model_root
 
     scratch = tempfile.TemporaryDirectory(prefix="ctrlgen-bench-")  # removed when main() returns
@@ -137,7 +137,7 @@ def main(argv=None) -> list[dict]:
                  "target": "(reference)"})
 
     env = dict(os.environ)
-    help_s = median_seconds(lambda: subprocess.run([sys.executable, "-m", "ctrlgen.core.cli", "--help"],
+    help_s = median_seconds(lambda: subprocess.run([sys.executable, "-m", "ctrlgen.core.cli.main", "--help"],
                                                    capture_output=True, env=env, check=True), repeat=args.repeat)
     python_s = median_seconds(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat=args.repeat)
     rows.append({"measure": "ctrlgen --help start-up", "ctrlgen_s": help_s, "baseline_s": python_s,

@@ -90,7 +90,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
-    from ctrlgen.core.preprocess import preprocess, unload
+    from ctrlgen.core.engine.preprocess import preprocess, unload
 
     wanted = set(args.only.split(",")) if args.only else None
     rows = []

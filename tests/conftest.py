@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ctrlgen.core import plugins
+from ctrlgen.core.plugins import manager as plugins
 
 _SCRATCH = pytest.StashKey[Path]()
 
@@ -24,7 +24,7 @@ def pytest_configure(config):
     if "CTRLGEN_WEIGHTS_ROOTS" not in os.environ:
         try:
             from ctrlgen.core.config import load_settings
-            from ctrlgen.core.model_layouts import hf_cache_dir
+            from ctrlgen.core.models.layouts import hf_cache_dir
 
             user_roots = [str(root) for root in load_settings().model_roots]
             if hf_cache_dir().is_dir():
@@ -68,9 +68,9 @@ def fresh_plugins():
 def engine(tiny_model_root):
     """An Engine on the tiny models, on the CPU: one per test module (its pipeline cache with it).
     Modules that need another model root or other options define their own ``engine``."""
-    from ctrlgen.core.engine import Engine
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.specs import ModelRoot
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
 
     return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
 

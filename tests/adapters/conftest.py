@@ -23,9 +23,9 @@ def addon_model_root(tmp_path_factory, tiny_model_cache, tiny_sd15, tiny_sdxl):
 @pytest.fixture(scope="session")
 def addon_engine(addon_model_root):
     """One engine over ``addon_model_root``; adapters leave its cached pipelines clean."""
-    from ctrlgen.core.engine import Engine
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.specs import ModelRoot
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
 
     return Engine(store=ModelStore([ModelRoot(addon_model_root.root)]), device="cpu")
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctrlgen.core.engine import Engine
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.masks import feather, prepare_mask
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
+from ctrlgen.core.engine.masks import feather, prepare_mask
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

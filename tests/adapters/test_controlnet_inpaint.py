@@ -34,7 +34,7 @@ def _job(files, preprocessor="inpaint", architecture="sd15", **inpaint):
 
 def _run_capturing_hint(engine, job):
     """Run ``job``; return the result and the control image the ControlNet got at the first step."""
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     parsed = parse_job(job)
     entry = engine.store.find(parsed.control[0].model, category=("controlnet",))
@@ -55,9 +55,9 @@ def _run_capturing_hint(engine, job):
 
 def _expected_hint(job, width=64, height=64):
     """The hint built from the very image and mask the inpaint pipeline gets."""
-    from ctrlgen.core import tasks
-    from ctrlgen.core.engine import load_image_file
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine import tasks
+    from ctrlgen.core.engine.engine import load_image_file
+    from ctrlgen.core.engine.jobs import parse_job
     from ctrlgen.preprocessors.inpaint import control_hint
 
     inputs = tasks.prepare(parse_job(job), width, height, load_image_file, 4)
@@ -99,7 +99,7 @@ def test_inpaint_job_keeps_pixels_outside_the_mask(engine, files):
     assert not np.array_equal(output[~outside], files["picture"][~outside])
     # the inpaint hint steers the repainted pixels: without the unit they come out different
     plain = {k: v for k, v in _job(files).items() if k != "control"}
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     without = np.asarray(engine.run(parse_job(plain)).images[0])
     assert not np.array_equal(output, without)
@@ -113,7 +113,7 @@ def test_inpaint_only_is_an_alias(engine, files):
 
 
 def test_inpaint_unit_needs_a_mask(engine, files):
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     job = {k: v for k, v in _job(files).items() if k not in ("mask", "inpaint", "strength")}
     with pytest.raises(JobError, match=r"control\[0\].*repaints the job's mask.*job.mask"):
@@ -121,7 +121,7 @@ def test_inpaint_unit_needs_a_mask(engine, files):
 
 
 def test_inpaint_unit_takes_no_image_of_its_own(engine, files):
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     job = _job(files)
     job["control"][0]["image"] = files["image"]
@@ -132,8 +132,8 @@ def test_inpaint_unit_takes_no_image_of_its_own(engine, files):
 def test_other_units_maps_follow_the_only_masked_crop_and_the_outpainted_canvas(engine, files):
     """A canny unit in an only-masked job sees the crop of its map that is repainted; in an
     outpaint job its map covers the original picture at its place on the bigger canvas."""
-    from ctrlgen.core.jobs import parse_job
-    from ctrlgen.core.masks import masked_region, prepare_mask
+    from ctrlgen.core.engine.jobs import parse_job
+    from ctrlgen.core.engine.masks import masked_region, prepare_mask
 
     canny = [{"model": "tiny-controlnet-sd15", "preprocessor": "canny"}]
     base = _job(files) | {"control": canny}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.adapters._controlnet_modes import soft_injection_scales
+from ctrlgen.adapters.controlnet.modes import soft_injection_scales
 from ctrlgen.core.errors import ParamError
 from ctrlgen.testing.contracts import AdapterContract, contract_image
 
@@ -31,7 +31,7 @@ def _job(photo, architecture="sd15", mode="balanced", **extra):
 
 def _run_capturing(engine, job):
     """Run ``job``; return its image and the ControlNet residuals the UNet got at the first step."""
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     parsed = parse_job(job)
     unet = engine.load_pipeline(engine.resolve_checkpoint(parsed)).unet
@@ -64,16 +64,16 @@ def test_soft_injection_scales_are_sd_webui_controlnets():
     (1, "prompt"), ("controlnet", "controlnet"), ("ControlNet is more important", "controlnet"), (2, "controlnet"),
 ])
 def test_control_mode_accepts_sd_webui_names(given, canonical):
-    from ctrlgen.core.plugins import get_registry
-    from ctrlgen.core.specs import validate_params
+    from ctrlgen.core.plugins.manager import get_registry
+    from ctrlgen.core.plugins.specs import validate_params
 
     spec = get_registry("adapters").get("controlnet")
     assert validate_params(spec.params, {"control_mode": given}, "control[0]")["control_mode"] == canonical
 
 
 def test_unknown_control_mode_is_rejected_with_the_choices():
-    from ctrlgen.core.plugins import get_registry
-    from ctrlgen.core.specs import validate_params
+    from ctrlgen.core.plugins.manager import get_registry
+    from ctrlgen.core.plugins.specs import validate_params
 
     spec = get_registry("adapters").get("controlnet")
     with pytest.raises(ParamError, match="control_mode.*'balanced', 'prompt', 'controlnet'"):

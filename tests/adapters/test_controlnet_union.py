@@ -29,9 +29,9 @@ def union_root(tmp_path_factory, tiny_model_cache, tiny_sdxl):
 
 @pytest.fixture(scope="module")
 def engine(union_root):
-    from ctrlgen.core.engine import Engine
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.specs import ModelRoot
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
 
     return Engine(store=ModelStore([ModelRoot(union_root.root)]), device="cpu")
 
@@ -60,7 +60,7 @@ def _union_model(engine, name=UNION):
 
 def _run_capturing(engine, job, names=(UNION,)):
     """Run ``job``; per union model, the (control_type, control_type_idx, cond count) of its first call."""
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     seen: dict[str, tuple] = {}
     handles = []
@@ -82,7 +82,7 @@ def test_store_and_loader_read_both_layouts(engine, union_root):
     import torch
     from diffusers import ControlNetUnionModel
 
-    from ctrlgen.core.single_file import load_controlnet
+    from ctrlgen.core.models.loading import load_controlnet
 
     for name in (UNION, UNION_FOLDER):
         entry = engine.store.find(name, category=("controlnet",))
@@ -104,7 +104,7 @@ def test_folder_with_xinsirs_class_name_loads_as_union(engine, tmp_path):
 
     from diffusers import ControlNetUnionModel
 
-    from ctrlgen.core.single_file import load_controlnet
+    from ctrlgen.core.models.loading import load_controlnet
 
     folder = tmp_path / "controlnet-union-sdxl-1.0"
     shutil.copytree(engine.store.find(UNION_FOLDER).path, folder)
@@ -121,7 +121,7 @@ def test_bundled_config_fits_the_real_union_files(tmp_path, control_types):
     import torch
     from diffusers import ControlNetUnionModel
 
-    from ctrlgen.core.single_file import _union_config, is_union_header, read_safetensors_header
+    from ctrlgen.core.models.loading import _union_config, is_union_header, read_safetensors_header
     from ctrlgen.testing.headers import real_header, write_header_only_safetensors
 
     tensors = dict(real_header("controlnet", "sdxl", "union", "diffusers"))  # xinsir's first release
@@ -144,7 +144,7 @@ def test_union_mismatching_file_is_a_clear_error(engine, tmp_path):
     import shutil
 
     from ctrlgen.core.errors import ModelFormatError
-    from ctrlgen.core.single_file import load_controlnet
+    from ctrlgen.core.models.loading import load_controlnet
 
     lone = tmp_path / "union.safetensors"  # the tiny file without its sidecar: the real SDXL config does not fit
     shutil.copy(engine.store.find(UNION).path, lone)
@@ -165,7 +165,7 @@ def test_control_type_reaches_the_model(engine, files, preprocessor, control_typ
 
 
 def test_outputs_differ_per_control_type(engine, files):
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     outputs = {}
     for control_type in ("canny", "depth", "openpose"):
@@ -183,7 +183,7 @@ def test_units_on_one_union_model_run_as_one_multi_condition_pass(engine, files)
     handle = model.register_forward_pre_hook(lambda m, a, k: calls.append(list(k["control_type_idx"])),
                                              with_kwargs=True)
     try:
-        from ctrlgen.core.jobs import parse_job
+        from ctrlgen.core.engine.jobs import parse_job
 
         result = engine.run(parse_job(_job(files, *units)))
     finally:
@@ -201,7 +201,7 @@ def test_units_on_different_union_models_run_side_by_side(engine, files):
 
 
 def test_union_with_control_mode(engine, files):
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     plain = np.asarray(engine.run(parse_job(_job(files, {"model": UNION, "preprocessor": "canny"}))).images[0])
     soft = np.asarray(engine.run(parse_job(_job(
@@ -240,14 +240,14 @@ def test_repaint_in_an_inpaint_job(engine, files):
      r"control\[0\].control_type='depth' is for union ControlNets"),
 ])
 def test_invalid_union_jobs_are_rejected(engine, files, units, message):
-    from ctrlgen.core.jobs import parse_job
+    from ctrlgen.core.engine.jobs import parse_job
 
     with pytest.raises(JobError, match=message):
         engine.run(parse_job(_job(files, *units)))
 
 
 def test_control_type_beyond_the_model_is_rejected():
-    from ctrlgen.adapters._controlnet_union import control_type_for, resolve_control_type
+    from ctrlgen.adapters.controlnet.union import control_type_for, resolve_control_type
 
     assert resolve_control_type("auto", "dw_openpose_full", 6, "control[0]") == 0
     assert control_type_for("shuffle") is None and control_type_for("softedge_pidinet") == "hed"

@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from ctrlgen.core.engine import Engine, GenerationContext
+from ctrlgen.core.engine.engine import Engine, GenerationContext
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import UnsafeModelError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 from ctrlgen.testing.contracts import AdapterContract, pipeline_fingerprint
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -35,7 +35,7 @@ def run(engine, **extra):
 
 def run_without_embeddings(engine, monkeypatch, **extra):
     """The same job with the (always-on) embeddings plugin blocked, as a user can block it."""
-    from ctrlgen.core import plugins
+    from ctrlgen.core.plugins import manager as plugins
 
     monkeypatch.setenv("CTRLGEN_DISABLE_PLUGINS", "ctrlgen.adapters.embeddings")
     plugins.reset()

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctrlgen.core.engine import Engine
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 from ctrlgen.testing.contracts import AdapterContract, contract_image, pipeline_fingerprint
 
 pytestmark = [
@@ -134,7 +134,7 @@ def test_insightface_detector_and_a_separate_pose_image(engine, faces):
 
 
 def test_keypoints_move_with_the_crop_and_resize_fit():
-    from ctrlgen.adapters._instantid import fit_points, keypoint_image
+    from ctrlgen.adapters.instantid.identitynet import fit_points, keypoint_image
     from ctrlgen.core.images import fit
 
     marker = np.zeros((100, 200, 3), np.uint8)
@@ -196,7 +196,7 @@ def test_one_identity_per_job_and_sdxl_only(engine, faces):
 
 
 def test_missing_insightface_pack_names_the_files_and_folders(tmp_path):
-    from ctrlgen.adapters._ip_face import analyze_face
+    from ctrlgen.adapters.ip_adapter.face import analyze_face
 
     (tmp_path / "models" / "insightface").mkdir(parents=True)
     empty = ModelStore([ModelRoot(tmp_path)])
@@ -218,7 +218,7 @@ def test_missing_insightface_pack_names_the_files_and_folders(tmp_path):
 def test_real_instantid_ip_adapter_is_a_face_resampler():
     import os
 
-    from ctrlgen.adapters._ip_attach import projection_kind, read_ip_adapter
+    from ctrlgen.adapters.ip_adapter.attach import projection_kind, read_ip_adapter
 
     store = ModelStore(
         [ModelRoot(p) for p in os.environ.get("CTRLGEN_WEIGHTS_ROOTS", "").split(os.pathsep) if p],

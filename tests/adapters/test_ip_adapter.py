@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctrlgen.core.engine import Engine
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError, ParamError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 from ctrlgen.testing.contracts import AdapterContract, contract_image, pipeline_fingerprint
 
 pytestmark = [
@@ -165,8 +165,8 @@ def test_presets_name_instantstyles_blocks_on_the_real_unets():
     import torch
     from diffusers import UNet2DConditionModel
 
-    from ctrlgen.adapters._ip_prepare import block_factors
-    from ctrlgen.core.diffusers_configs import bundled_config_files
+    from ctrlgen.adapters.ip_adapter.prepare import block_factors
+    from ctrlgen.core.models.configs import bundled_config_files
 
     def real_unet(name):
         config = {
@@ -198,7 +198,7 @@ def test_attention_mask_makes_the_reference_regional(engine, pictures):
 
 
 def test_faceid_from_insightface_or_a_saved_embedding(engine, pictures, ip_models, tmp_path):
-    from ctrlgen.adapters._ip_face import analyze_face
+    from ctrlgen.adapters.ip_adapter.face import analyze_face
 
     use = {"type": "ip_adapter", "model": "tiny-ip-adapter-faceid_sd15", "image": pictures["face"]}
     insightface = run(engine, [use])  # the tiny SCRFD and ArcFace of buffalo_l
@@ -219,7 +219,7 @@ def test_faceid_from_insightface_or_a_saved_embedding(engine, pictures, ip_model
 
 
 def test_faceid_lora_is_left_to_the_lora_adapter(ip_models):
-    from ctrlgen.adapters._ip_attach import read_ip_adapter
+    from ctrlgen.adapters.ip_adapter.attach import read_ip_adapter
 
     state = read_ip_adapter(ip_models.ip_adapters["tiny-ip-adapter-faceid_sd15"], False, "cpu")
     assert state["ip_adapter"] and not any("_lora." in key for key in state["ip_adapter"])
@@ -266,7 +266,7 @@ def test_bad_uses_are_refused_with_clear_messages(engine, pictures, use, checkpo
 def test_missing_image_encoder_names_the_width_needed(tiny_model_root, ip_models, pictures, tmp_path):
     import shutil
 
-    from ctrlgen.core.diffusers_configs import sidecar_path
+    from ctrlgen.core.models.configs import sidecar_path
 
     (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
     (tmp_path / "models" / "ipadapter").mkdir()
@@ -283,7 +283,7 @@ def test_missing_image_encoder_names_the_width_needed(tiny_model_root, ip_models
 def test_real_ip_adapter_files_are_read_as_their_variants():
     import os
 
-    from ctrlgen.adapters._ip_attach import projection_kind, read_ip_adapter
+    from ctrlgen.adapters.ip_adapter.attach import projection_kind, read_ip_adapter
 
     store = ModelStore(
         [ModelRoot(p) for p in os.environ.get("CTRLGEN_WEIGHTS_ROOTS", "").split(os.pathsep) if p]

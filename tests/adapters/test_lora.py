@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.adapters._lora import parse_tag, take_prompt_tags
-from ctrlgen.core.engine import Engine
+from ctrlgen.adapters.lora.loading import parse_tag, take_prompt_tags
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError, ParamError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
+from ctrlgen.core.models.store import ModelStore
 from ctrlgen.testing.contracts import AdapterContract, pipeline_fingerprint
 
 pytest.importorskip("peft", reason="diffusers loads LoRAs through peft")
@@ -123,7 +123,7 @@ def test_a_failed_load_leaves_nothing_behind(engine, tmp_path):
 def test_another_adapters_lora_stays_active_with_its_scale(engine, addon_model_root):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from ctrlgen.core.architecture import load_state_dict
+    from ctrlgen.core.models.identify import load_state_dict
 
     base = engine.load_pipeline(engine.resolve_checkpoint(job()))
     path = addon_model_root.root / "models" / "Lora" / "tiny-lora-sd15-peft.safetensors"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.core.engine import Engine
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import JobError, ParamError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 from ctrlgen.testing.contracts import AdapterContract, contract_image, pipeline_fingerprint
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -150,7 +150,7 @@ def test_reference_pass_gets_no_controlnet_residuals(engine, images):
 
 
 def test_restored_after_an_error_inside_the_job(engine, images, monkeypatch):
-    from ctrlgen.adapters import _reference
+    from ctrlgen.adapters.reference import hooks as _reference
 
     base = cached_pipeline(engine)
     before = pipeline_fingerprint(base)
@@ -167,7 +167,7 @@ def test_restored_after_an_error_inside_the_job(engine, images, monkeypatch):
 def test_inpainting_unet_gets_a_nine_channel_reference(engine, images):
     import torch
 
-    from ctrlgen.adapters._reference import ReferenceHooks, ReferenceUse
+    from ctrlgen.adapters.reference.hooks import ReferenceHooks, ReferenceUse
 
     base = cached_pipeline(engine)
     context = type("Context", (), {"pipeline": base})()

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ctrlgen.core.architecture import (
+from ctrlgen.core.errors import ModelFormatError, UnsafeModelError
+from ctrlgen.core.models.identify import (
     identify_file,
     identify_folder,
     identify_tensors,
     load_state_dict,
     read_safetensors_header,
 )
-from ctrlgen.core.errors import ModelFormatError, UnsafeModelError
 from ctrlgen.testing.headers import (
     REAL_CASES,
     real_header,
@@ -573,7 +573,7 @@ def test_load_state_dict_reads_safetensors(tmp_path):
 
 def test_importing_identification_does_not_import_torch():
     code = (
-        "import sys, ctrlgen.core.architecture, ctrlgen.core.models; "
+        "import sys, ctrlgen.core.models.identify, ctrlgen.core.models.store; "
         "heavy = [m for m in ('torch', 'diffusers', 'safetensors', 'transformers') if m in sys.modules]; "
         "print(heavy)"
     )

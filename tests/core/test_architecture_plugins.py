@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.core.engine import Engine
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import JobError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.plugins import get_registry
-from ctrlgen.core.specs import ArchitectureSpec, ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.manager import get_registry
+from ctrlgen.core.plugins.specs import ArchitectureSpec, ModelRoot
 
 SD3_PLUGIN = """
 from ctrlgen import hookimpl
-from ctrlgen.core.specs import ArchitectureSpec
+from ctrlgen.core.plugins.specs import ArchitectureSpec
 
 @hookimpl
 def ctrlgen_architectures():
@@ -43,7 +43,7 @@ def sd3_root(tmp_path_factory):
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from ctrlgen.core.tokenizer import load_clip_tokenizer
+    from ctrlgen.core.models.tokenizer import load_clip_tokenizer
 
     def clip(seed):
         torch.manual_seed(seed)

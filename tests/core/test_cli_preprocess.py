@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from ctrlgen.core.cli import main
+from ctrlgen.core.cli.main import main
 
 
 def write_photo(path):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ctrlgen.core import engine as engine_module
-from ctrlgen.core import single_file
-from ctrlgen.core.conditioning import encode, plan_prompts
-from ctrlgen.core.jobs import parse_job
+from ctrlgen.core.engine import engine as engine_module
+from ctrlgen.core.engine.conditioning import encode, plan_prompts
+from ctrlgen.core.engine.jobs import parse_job
+from ctrlgen.core.models import loading as single_file
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

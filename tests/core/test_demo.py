@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ctrlgen.core.cli import main
+from ctrlgen.core.cli.main import main
 
 
 def test_demo_writes_contact_sheet(tmp_path, capsys, monkeypatch, torch_single_thread):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctrlgen.core.engine import Engine, round_size
+from ctrlgen.core.engine.engine import Engine, round_size
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import CancelledError, CtrlgenError, JobError, ModelNotFoundError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -176,8 +176,8 @@ def test_sampler_names_are_forgiving():
 
 
 def test_generate_cli_writes_pngs_with_parameters(tiny_model_root, photo, tmp_path, monkeypatch, capsys):
-    from ctrlgen.core import plugins
-    from ctrlgen.core.cli import main
+    from ctrlgen.core.cli.main import main
+    from ctrlgen.core.plugins import manager as plugins
 
     monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", str(tiny_model_root.root))
     monkeypatch.setenv("CTRLGEN_DEVICE", "cpu")
@@ -206,7 +206,7 @@ def test_generate_cli_writes_pngs_with_parameters(tiny_model_root, photo, tmp_pa
 
 
 def test_generate_cli_bad_job_has_no_traceback(tmp_path, capsys):
-    from ctrlgen.core.cli import main
+    from ctrlgen.core.cli.main import main
 
     job_file = tmp_path / "job.json"
     job_file.write_text("{not json")
@@ -228,7 +228,7 @@ def test_preview_events_carry_a_cheap_rgb_thumbnail_of_the_latents(engine, photo
 
 
 def test_latents_to_rgb_is_the_linear_latent_projection():
-    from ctrlgen.core.preview import LATENT_RGB, latents_to_rgb
+    from ctrlgen.core.engine.preview import LATENT_RGB, latents_to_rgb
 
     latents = np.zeros((1, 4, 2, 3), np.float32)
     latents[0, 0, 1, 2] = 1.0  # one latent pixel, first channel only
@@ -244,7 +244,7 @@ def test_latents_to_rgb_is_the_linear_latent_projection():
 
 
 def test_preprocess_task_returns_the_maps_without_a_checkpoint(engine, photo, tmp_path):
-    from ctrlgen.core.preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
 
     job = parse_job({"task": "preprocess", "image": str(photo), "control": [
         {"preprocessor": "canny", "preprocessor_params": {"low_threshold": 50}},

@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from ctrlgen.core.engine import Engine
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
 from ctrlgen.core.errors import CancelledError, CtrlgenError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 
 SCALER = """
 import contextlib
@@ -143,7 +143,7 @@ def test_architecture_mismatch_is_refused(scaler, engine):
 def test_adapter_image_params_resolve_next_to_the_job_file(scaler, tmp_path):
     import json
 
-    from ctrlgen.core.jobs import load_job
+    from ctrlgen.core.engine.jobs import load_job
 
     (tmp_path / "jobs").mkdir()
     job_file = tmp_path / "jobs" / "job.json"

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ctrlgen.core.engine.jobs import parse_job
+from ctrlgen.core.engine.masks import feather, prepare_mask
+from ctrlgen.core.engine.tasks import latent_fill
 from ctrlgen.core.errors import JobError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.masks import feather, prepare_mask
-from ctrlgen.core.tasks import latent_fill
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -44,7 +44,7 @@ def run(engine, files, fill, **fields):
 
 @pytest.fixture(scope="module")
 def inpaint_pipe(engine):
-    from ctrlgen.core.tasks import pipeline_class
+    from ctrlgen.core.engine.tasks import pipeline_class
 
     base = engine.load_pipeline(engine.store.find("tiny-sd15"))
     return pipeline_class("sd15", "inpaint").from_pipe(base)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ctrlgen.core.engine.masks import Region, composite, feather, fill, grow, masked_region, prepare_mask
 from ctrlgen.core.errors import ImageError
-from ctrlgen.core.masks import Region, composite, feather, fill, grow, masked_region, prepare_mask
 
 
 def disc(size=64, radius=10, centre=(32, 32)):

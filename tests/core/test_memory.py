@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.core.engine import Engine
+from ctrlgen.core.engine.engine import Engine
+from ctrlgen.core.engine.jobs import parse_job
+from ctrlgen.core.engine.memory import GIB, MemoryPlan, applied, plan_memory, weight_bytes
 from ctrlgen.core.errors import CtrlgenError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.memory import GIB, MemoryPlan, applied, plan_memory, weight_bytes
-from ctrlgen.core.models import ModelStore
-from ctrlgen.core.specs import ModelRoot
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins.specs import ModelRoot
 
 # Real sizes in fp16: SDXL ~6.9 GB of weights, its UNet 5.1 GB; SD1.5 ~2.1 GB, UNet 1.7 GB.
 SDXL = dict(weights=int(6.9 * GIB), largest=int(5.1 * GIB))

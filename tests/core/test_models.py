@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ctrlgen.core import models as models_module
-from ctrlgen.core import plugins
 from ctrlgen.core.config import Settings
 from ctrlgen.core.errors import CtrlgenError, ModelNotFoundError
-from ctrlgen.core.models import AmbiguousModelError, ModelStore
-from ctrlgen.core.specs import ModelRoot, WeightFile
+from ctrlgen.core.models import store as models_module
+from ctrlgen.core.models.store import AmbiguousModelError, ModelStore
+from ctrlgen.core.plugins import manager as plugins
+from ctrlgen.core.plugins.specs import ModelRoot, WeightFile
 from ctrlgen.testing.headers import write_real_model
 
 
@@ -524,7 +524,7 @@ def test_hf_cache_source_follows_settings_and_environment(tmp_path, monkeypatch,
 
 
 def test_a_broken_third_party_source_does_not_hide_the_others(tmp_path, monkeypatch, reset_plugins):
-    from ctrlgen.core.specs import ModelSourceSpec
+    from ctrlgen.core.plugins.specs import ModelSourceSpec
 
     monkeypatch.setenv("CTRLGEN_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.setenv("CTRLGEN_MODEL_ROOTS", str(make_a1111(tmp_path / "webui")))
@@ -547,8 +547,8 @@ def test_a_broken_third_party_source_does_not_hide_the_others(tmp_path, monkeypa
 
 
 def test_find_file_sees_files_added_after_the_first_scan(tmp_path):
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.specs import ModelRoot
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
 
     downloads = tmp_path / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
     (downloads / "hed").mkdir(parents=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ctrlgen.core.engine.jobs import parse_job
+from ctrlgen.core.engine.masks import Expansion, expand_canvas, feather, outpaint_mask, prepare_mask
+from ctrlgen.core.engine.tasks import inpaint_frame, prepare
 from ctrlgen.core.errors import JobError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.masks import Expansion, expand_canvas, feather, outpaint_mask, prepare_mask
-from ctrlgen.core.tasks import inpaint_frame, prepare
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

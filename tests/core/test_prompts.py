@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctrlgen.core.prompts import parse_attention, prompt_schedule
+from ctrlgen.core.engine.prompts import parse_attention, prompt_schedule
 
 W = 1.1
 

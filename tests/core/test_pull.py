@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ctrlgen.core import plugins
-from ctrlgen.core.cli import main
-from ctrlgen.core.models import ModelStore
+from ctrlgen.core.cli.main import main
+from ctrlgen.core.models.store import ModelStore
+from ctrlgen.core.plugins import manager as plugins
 from ctrlgen.testing.headers import write_real_model
 
 

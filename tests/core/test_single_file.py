@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from ctrlgen.core import single_file as sf  # noqa: E402
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError, UnsafeModelError  # noqa: E402
+from ctrlgen.core.models import loading as sf  # noqa: E402
 from ctrlgen.testing import ldm_keys  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

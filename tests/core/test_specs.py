@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ctrlgen import Param, PreprocessorSpec
 from ctrlgen.core.errors import ParamError
-from ctrlgen.core.specs import normalize_name, validate_params
+from ctrlgen.core.plugins.specs import normalize_name, validate_params
 
 LOW = Param("low_threshold", "int", default=100, min=0, max=255, description="low")
 

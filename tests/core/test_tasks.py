@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ctrlgen.core.engine.jobs import parse_job
+from ctrlgen.core.engine.masks import feather, prepare_mask
 from ctrlgen.core.errors import CtrlgenError, JobError
-from ctrlgen.core.jobs import parse_job
-from ctrlgen.core.masks import feather, prepare_mask
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ctrlgen.core import tokenizer as tk
 from ctrlgen.core.errors import ModelFormatError
+from ctrlgen.core.models import tokenizer as tk
 
 pytest.importorskip("open_clip")
 pytest.importorskip("transformers")

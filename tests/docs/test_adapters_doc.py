@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctrlgen.core.plugins import get_registry
+from ctrlgen.core.plugins.manager import get_registry
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
 

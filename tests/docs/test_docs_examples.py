@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ctrlgen.core import plugins
-from ctrlgen.core.cli import main
+from ctrlgen.core.cli.main import main
+from ctrlgen.core.plugins import manager as plugins
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(r"^```(\w+)( run| file=\S+)?\n(.*?)^```$", re.M | re.S)

@@ -6,8 +6,8 @@ import inspect
 import re
 from pathlib import Path
 
-from ctrlgen.core import hookspecs
-from ctrlgen.core.plugins import get_plugin_manager
+from ctrlgen.core.plugins import hookspecs
+from ctrlgen.core.plugins.manager import get_plugin_manager
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugin_hooks.md"
 

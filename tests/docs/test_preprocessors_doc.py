@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ctrlgen.core.plugins import get_registry
+from ctrlgen.core.plugins.manager import get_registry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -52,7 +52,7 @@ def installed_example(tmp_path_factory):
 
 
 def run(args, env, **kwargs):
-    return subprocess.run([sys.executable, "-m", "ctrlgen.core.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "ctrlgen.core.cli.main", *args], env=env,
                           capture_output=True, text=True, **kwargs)
 
 

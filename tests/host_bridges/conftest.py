@@ -162,7 +162,7 @@ def launch(config_dir: Path, model_root: Path, *args: str) -> subprocess.Popen:
     config_dir.mkdir(parents=True, exist_ok=True)
     log = open(config_dir / "serve.log", "ab")  # noqa: SIM115 - the process owns it
     try:
-        return subprocess.Popen([sys.executable, "-m", "ctrlgen.core.cli", "serve", *args],
+        return subprocess.Popen([sys.executable, "-m", "ctrlgen.core.cli.main", "serve", *args],
                                 env=server_env(config_dir, model_root), stdout=log, stderr=subprocess.STDOUT)
     finally:
         log.close()

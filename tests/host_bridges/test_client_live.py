@@ -94,10 +94,10 @@ def test_run_inpaint_matches_the_engine_in_process(live_server, client, canvas, 
     assert (served.width, served.height, served.channels) == (64, 64, 3)
     assert isinstance(served.data, bytes) and len(served.data) == 64 * 64 * 3
 
-    from ctrlgen.core.engine import Engine
-    from ctrlgen.core.jobs import parse_job
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.specs import ModelRoot
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.engine.jobs import parse_job
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
 
     arrays = {"canvas": array_of(canvas), "mask": array_of(mask)}
     engine = Engine(store=ModelStore([ModelRoot(bridge_model_root)]), device="cpu")
@@ -199,7 +199,7 @@ def test_invalid_job_is_a_client_error_with_the_reason(live_server, client):
 
 
 def test_preprocess_on_the_server_matches_in_process(live_server, client, canvas):
-    from ctrlgen.core.preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
 
     result, data = client.preprocess("canny", canvas, params={"low_threshold": 50, "high_threshold": 150})
     assert (result.width, result.height, result.channels) == (64, 64, 3)

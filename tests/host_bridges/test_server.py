@@ -80,10 +80,10 @@ def test_full_flow_matches_the_engine_in_process(live_server, photo, tmp_path, b
     served = np.frombuffer(raw, np.uint8).reshape(64, 64, 3)
 
     # The same job run here by the engine, reading the image from a file.
-    from ctrlgen.core.engine import Engine
-    from ctrlgen.core.jobs import parse_job
-    from ctrlgen.core.models import ModelStore
-    from ctrlgen.core.specs import ModelRoot
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.engine.jobs import parse_job
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
 
     path = tmp_path / "photo.png"
     Image.fromarray(photo).save(path)
@@ -151,7 +151,7 @@ def test_uploads_are_deduplicated(live_server):
 
 
 def test_preprocess_only(live_server, photo):
-    from ctrlgen.core.preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
 
     ref = live_server.upload(photo)
     status, headers, body = live_server.request(
@@ -542,12 +542,12 @@ def test_cli_help_imports_no_server_or_engine(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from ctrlgen.core.cli import build_parser; build_parser().format_help(); "
+    code = ("import sys; from ctrlgen.core.cli.main import build_parser; build_parser().format_help(); "
             "heavy = sorted(m for m in ('torch', 'diffusers', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules); "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    help_text = subprocess.run([sys.executable, "-m", "ctrlgen.core.cli", "serve", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "ctrlgen.core.cli.main", "serve", "--help"],
                                capture_output=True, text=True, check=True).stdout
     for option in ("--unix-socket", "--allow-remote", "--allowed-origin", "--result-ttl", "--max-queue"):
         assert option in help_text

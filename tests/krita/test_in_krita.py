@@ -78,7 +78,7 @@ def test_inpaint_selection_adds_a_layer_filled_inside_transparent_outside(krita_
 
 
 def test_control_layer_is_previewed_and_steers_the_generation(krita_report):
-    from ctrlgen.core.preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
 
     r = scenario(krita_report, "control")
     w, h = r["width"], r["height"]

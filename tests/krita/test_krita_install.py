@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ctrlgen.core.cli import main
+from ctrlgen.core.cli.main import main
 from ctrlgen.host_bridges import krita as installer
 from ctrlgen.host_bridges.krita import PLUGIN_NAME, install, set_ini_value, uninstall
 
@@ -148,7 +148,7 @@ def test_default_folders_follow_the_platform(monkeypatch, tmp_path):
 
 
 def test_ctrlgen_help_lists_install_without_importing_torch():
-    code = ("import sys, io, contextlib\nfrom ctrlgen.core.cli import main\n"
+    code = ("import sys, io, contextlib\nfrom ctrlgen.core.cli.main import main\n"
             "buf = io.StringIO()\n"
             "with contextlib.redirect_stdout(buf):\n"
             "    try:\n        main(['install', 'krita', '--help'])\n    except SystemExit:\n        pass\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.models import annotators
 from ctrlgen.testing.roots import annotator_downloads  # noqa: F401  (re-exported for tests)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ParamError
-from ctrlgen.core.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors import _depth, _depth_anything
+from ctrlgen.core.models import annotators
+from ctrlgen.preprocessors.depth import depth_anything as _depth_anything
+from ctrlgen.preprocessors.depth import networks as _depth
 from ctrlgen.testing import tiny_depth as _depth_tiny
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads, using_model_roots
@@ -375,7 +376,7 @@ def test_network_size_is_the_original_lower_bound_resize(size, short_side, expec
 
 
 def test_depth_anything_defaults_are_the_large_model_at_518():
-    from ctrlgen.core.plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     params = {param.name: param for param in get_registry("preprocessors").get("depth_anything_v2").params}
     assert params["size"].default == "large" and params["size"].choices == ("small", "base", "large")
@@ -394,7 +395,7 @@ def test_output_is_at_the_input_size_whatever_the_detector_size(photo):
 
 @pytest.mark.usefixtures("depth_files", "store")
 def test_networks_load_once_and_unload_frees_them(photo):
-    from ctrlgen.core.plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     preprocess("depth_midas", photo, **SMALL)
     network = _depth.load("depth_midas", _depth.MIDAS, _depth.build_midas)

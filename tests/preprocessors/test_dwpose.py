@@ -16,11 +16,12 @@ import json
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors import _dwpose, dwpose
-from ctrlgen.preprocessors.openpose import render_openpose
+from ctrlgen.core.models import annotators
+from ctrlgen.preprocessors.pose import dwpose
+from ctrlgen.preprocessors.pose import dwpose_onnx as _dwpose
+from ctrlgen.preprocessors.pose.openpose import render_openpose
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads
 

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.models import annotators
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads
 from ctrlgen.testing.tiny_ip_adapter import write_tiny_scrfd
@@ -165,7 +165,7 @@ def test_missing_scrfd_names_the_file_the_folders_and_the_offline_choice(tmp_pat
 def test_real_scrfd_finds_the_astronauts_face_as_insightface_does(real_weight, astronaut):
     from insightface.model_zoo.scrfd import SCRFD
 
-    from ctrlgen.preprocessors._face import SCRFD as SCRFD_WEIGHT
+    from ctrlgen.preprocessors.face.detect import SCRFD as SCRFD_WEIGHT
 
     detector = SCRFD(model_file=str(real_weight(SCRFD_WEIGHT)))
     detector.prepare(ctx_id=-1)

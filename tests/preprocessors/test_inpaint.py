@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ImageError
-from ctrlgen.core.preprocess import preprocess
 from ctrlgen.preprocessors.inpaint import control_hint
 from ctrlgen.testing.contracts import PreprocessorContract
 

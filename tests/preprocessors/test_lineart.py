@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads, using_model_roots
 
@@ -75,7 +75,7 @@ def upstream_lines(name, path, image, **size):
     # MangaLineExtration.__call__ (grey 0..255 in, 255 - output, already white lines on black).
     import cv2
 
-    from ctrlgen.preprocessors._lines_manga import build_manga_line_network
+    from ctrlgen.preprocessors.lines.manga import build_manga_line_network
 
     state = load_state(path)
     network = build_manga_line_network(state)
@@ -139,7 +139,7 @@ def test_manga_network_has_the_real_erika_layout():
     """The default widths build the network sd-webui-controlnet loads erika.pth into (43.1 M values)."""
     import torch
 
-    from ctrlgen.preprocessors._lines_manga import manga_line_network
+    from ctrlgen.preprocessors.lines.manga import manga_line_network
 
     with torch.device("meta"):
         state = manga_line_network().state_dict()
@@ -208,7 +208,7 @@ def test_missing_weight_is_a_clear_error(tmp_path, photo):
 @pytest.mark.weights
 @pytest.mark.parametrize("name", NETWORK_VARIANTS)
 def test_real_weights_match_upstream(real_weight, astronaut, name):
-    from ctrlgen.core.plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     (weight,) = get_registry("preprocessors").get(name).weights
     path = real_weight(weight)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 
 FACE = (170, 60, 280, 180)  # x0, y0, x1, y1 of the astronaut's face (MediaPipe's box, with a margin)

@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors.openpose import render_openpose
+from ctrlgen.core.engine.preprocess import preprocess
+from ctrlgen.preprocessors.pose.openpose import render_openpose
 from ctrlgen.testing.contracts import PreprocessorContract
 
 # t1.jpg (1280×886), annotated by eye: the six faces and the hands one can see (x0, y0, x1, y1).

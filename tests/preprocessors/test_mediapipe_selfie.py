@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 
 

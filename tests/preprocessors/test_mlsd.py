@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads, using_model_roots
 
@@ -184,7 +184,7 @@ def test_missing_weight_is_a_clear_error(tmp_path, photo):
 def test_real_mlsd_matches_controlnet_aux(real_weight, astronaut):
     from controlnet_aux.mlsd import MLSDdetector
 
-    from ctrlgen.preprocessors.mlsd import MLSD_WEIGHT
+    from ctrlgen.preprocessors.lines.mlsd import MLSD_WEIGHT
 
     network = mlsd_network(real_weight(MLSD_WEIGHT))
     expected = MLSDdetector(network)(astronaut, detect_resolution=512, image_resolution=512, output_type="np")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelNotFoundError, ParamError
-from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors import _depth
+from ctrlgen.core.models import annotators
+from ctrlgen.preprocessors.depth import networks as _depth
 from ctrlgen.testing import tiny_depth as _depth_tiny
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads, using_model_roots
@@ -117,7 +117,7 @@ def test_normal_midas_flatness_makes_normals_face_the_camera(photo):
 
 
 def test_normal_midas_params_match_sd_webui_controlnet():
-    from ctrlgen.core.plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     params = {p.name: p for p in get_registry("preprocessors").get("normal_midas").params}
     assert params["a"].default == pytest.approx(2 * np.pi) and params["bg_threshold"].default == 0.4
@@ -134,7 +134,7 @@ def test_output_is_at_the_input_size_whatever_the_detector_size(photo):
 
 @pytest.mark.usefixtures("store")
 def test_unload_frees_the_network(photo):
-    from ctrlgen.core.plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     preprocess("normal_bae", photo, **SMALL)
     assert _depth.cache_owner(_depth.NORMAL_BAE) in annotators.LOADED.owners()

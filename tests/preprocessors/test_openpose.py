@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors import openpose
-from ctrlgen.preprocessors.openpose import render_openpose
+from ctrlgen.core.models import annotators
+from ctrlgen.preprocessors.pose import openpose
+from ctrlgen.preprocessors.pose.openpose import render_openpose
 from ctrlgen.testing.contracts import PreprocessorContract, contract_image
 from ctrlgen.testing.roots import annotator_downloads
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ctrlgen.preprocessors.openpose import PoseJSONError, render_openpose
+from ctrlgen.preprocessors.pose.openpose import PoseJSONError, render_openpose
 
 STANDING = [(64, 20), (64, 36), (48, 38), (42, 58), (38, 76), (80, 38), (86, 58), (90, 76), (54, 76),
             (52, 98), (50, 120), (74, 76), (76, 98), (78, 120), (60, 16), (68, 16), (55, 19), (73, 19)]

@@ -9,9 +9,9 @@ from functools import partial
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError, ParamError
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.models import annotators
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads
 
@@ -165,7 +165,7 @@ def test_bad_prompts_are_clear_errors(tiny_sam_file, photo, params, message):
 def test_sam_auto_matches_the_automatic_mask_generator(reference_sam, photo):
     from segment_anything import SamAutomaticMaskGenerator
 
-    from ctrlgen.preprocessors._seg_palettes import distinct_colors
+    from ctrlgen.preprocessors.segmentation.palettes import distinct_colors
 
     settings = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     expected = SamAutomaticMaskGenerator(reference_sam, **settings).generate(photo)
@@ -187,7 +187,7 @@ def test_sam_auto_matches_the_automatic_mask_generator(reference_sam, photo):
 def test_sam_auto_paints_segments_largest_first_and_scales_them_back(photo, monkeypatch):
     from segment_anything import SamAutomaticMaskGenerator
 
-    from ctrlgen.preprocessors._seg_palettes import distinct_colors
+    from ctrlgen.preprocessors.segmentation.palettes import distinct_colors
 
     def fake_generate(self, image):  # at detect_resolution=64 the 128² photo is analysed at 64²
         assert image.shape == (64, 64, 3)
@@ -213,7 +213,7 @@ def test_sam_auto_paints_segments_largest_first_and_scales_them_back(photo, monk
 
 
 def test_distinct_colors_are_fixed_bright_and_different():
-    from ctrlgen.preprocessors._seg_palettes import distinct_colors
+    from ctrlgen.preprocessors.segmentation.palettes import distinct_colors
 
     colours = distinct_colors(64)
     assert np.array_equal(colours, distinct_colors(64)) and np.array_equal(colours[:10], distinct_colors(10))
@@ -226,7 +226,7 @@ def test_loader_reads_the_real_architectures_from_their_weights(kind):
     import torch
     from segment_anything import sam_model_registry
 
-    from ctrlgen.preprocessors._sam import sam_config
+    from ctrlgen.preprocessors.sam.model import sam_config
 
     with torch.device("meta"):  # shapes only: no memory, no time
         state = sam_model_registry[kind]().state_dict()
@@ -240,7 +240,7 @@ def test_loader_reads_the_real_architectures_from_their_weights(kind):
 
 
 def test_loader_sizes_the_tiny_model_from_its_weights():
-    from ctrlgen.preprocessors._sam import build_sam, sam_config
+    from ctrlgen.preprocessors.sam.model import build_sam, sam_config
 
     state = tiny_sam().state_dict()
     config = sam_config(state)
@@ -293,7 +293,7 @@ def test_a_file_that_is_not_sam_is_a_clear_error(tmp_path, monkeypatch, photo):
 def test_real_sam_matches_segment_anything(real_weight, astronaut, kind):
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
-    from ctrlgen.preprocessors._sam import SAM_WEIGHTS
+    from ctrlgen.preprocessors.sam.model import SAM_WEIGHTS
 
     reference = sam_model_registry[kind](checkpoint=str(real_weight(SAM_WEIGHTS[kind])))
     expected, score = predict(reference, astronaut, point_coords=np.array([[225, 120]], np.float32),

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads, using_model_roots
 
@@ -143,7 +143,7 @@ def test_missing_weight_is_a_clear_error(tmp_path, photo):
 @pytest.mark.weights
 @pytest.mark.parametrize("network", ["hed", "pidinet"])
 def test_real_scribble_matches_controlnet_aux(real_weight, astronaut, network):
-    from ctrlgen.preprocessors._lines_softedge import HED_WEIGHT, PIDINET_WEIGHT
+    from ctrlgen.preprocessors.lines.softedge_networks import HED_WEIGHT, PIDINET_WEIGHT
 
     path = real_weight(HED_WEIGHT if network == "hed" else PIDINET_WEIGHT)
     expected = upstream_detector(network, path)(astronaut, detect_resolution=512, image_resolution=512,

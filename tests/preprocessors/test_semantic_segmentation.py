@@ -9,10 +9,16 @@ import json
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
-from ctrlgen.preprocessors._seg_palettes import ADE20K_COLORS, ADE20K_NAMES, COCO_COLORS, COCO_NAMES, colorize
+from ctrlgen.core.models import annotators
+from ctrlgen.preprocessors.segmentation.palettes import (
+    ADE20K_COLORS,
+    ADE20K_NAMES,
+    COCO_COLORS,
+    COCO_NAMES,
+    colorize,
+)
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads
 
@@ -32,7 +38,7 @@ def write_tiny_oneformer(folder, num_labels: int) -> None:
         SwinConfig,
     )
 
-    from ctrlgen.core.tokenizer import load_clip_tokenizer
+    from ctrlgen.core.models.tokenizer import load_clip_tokenizer
 
     torch.manual_seed(0)
     backbone = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
@@ -226,7 +232,7 @@ def test_weights_without_their_config_are_a_clear_error(tmp_path, monkeypatch, a
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "person"), [("seg_ofade20k", 12), ("seg_ofcoco", 0), ("seg_ufade20k", 12)])
 def test_real_models_match_transformers_and_find_the_person(real_weight, astronaut, name, person):
-    from ctrlgen.preprocessors.semantic_segmentation import VARIANTS as SPECS
+    from ctrlgen.preprocessors.segmentation.semantic import VARIANTS as SPECS
 
     model = next(model for variant, model, _ in SPECS if variant == name)
     folder = real_weight(model.weight).parent

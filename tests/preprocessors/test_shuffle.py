@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.core import annotators
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import ModelFormatError, ModelNotFoundError
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.models import annotators
 from ctrlgen.testing.contracts import PreprocessorContract
 from ctrlgen.testing.roots import annotator_downloads, using_model_roots
 
@@ -116,7 +116,7 @@ def test_output_is_at_the_input_size_whatever_the_detector_size(photo):
 
 @pytest.mark.usefixtures("tiny_store")
 def test_variants_share_one_network_and_unload_frees_it(photo):
-    from ctrlgen.core.plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     preprocess("softedge_hed", photo, **SMALL)
     preprocess("softedge_hed_safe", photo, **SMALL)
@@ -150,7 +150,7 @@ def test_a_file_of_the_wrong_network_is_a_clear_error(tmp_path, photo, softedge_
 @pytest.mark.weights
 @pytest.mark.parametrize(("name", "safe"), [("softedge_hed", False), ("softedge_hed_safe", True)])
 def test_real_hed_matches_controlnet_aux(real_weight, astronaut, name, safe):
-    from ctrlgen.preprocessors._lines_softedge import HED_WEIGHT
+    from ctrlgen.preprocessors.lines.softedge_networks import HED_WEIGHT
 
     expected = hed_detector(real_weight(HED_WEIGHT))(astronaut, safe=safe, detect_resolution=512,
                                                      image_resolution=512, output_type="np")
@@ -160,7 +160,7 @@ def test_real_hed_matches_controlnet_aux(real_weight, astronaut, name, safe):
 @pytest.mark.weights
 @pytest.mark.parametrize(("name", "safe"), [("softedge_pidinet", False), ("softedge_pidinet_safe", True)])
 def test_real_pidinet_matches_controlnet_aux(real_weight, astronaut, name, safe):
-    from ctrlgen.preprocessors._lines_softedge import PIDINET_WEIGHT
+    from ctrlgen.preprocessors.lines.softedge_networks import PIDINET_WEIGHT
 
     expected = pidinet_detector(real_weight(PIDINET_WEIGHT))(astronaut, safe=safe, detect_resolution=512,
                                                              image_resolution=512, output_type="np")

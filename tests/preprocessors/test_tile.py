@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.testing.contracts import PreprocessorContract
 
 

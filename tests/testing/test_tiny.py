@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from ctrlgen.core.single_file import read_safetensors_header, sidecar_path  # noqa: E402
+from ctrlgen.core.models.loading import read_safetensors_header, sidecar_path  # noqa: E402
 from ctrlgen.testing import tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -17,8 +17,8 @@ import contextlib
 import logging
 import re
 
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import AdapterSpec
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import AdapterSpec
 
 log = logging.getLogger("ctrlgen.adapters.embeddings")
 _TAG = r"<[^<>]*>"  # extra-network tags (<lora:name:1>) are not prompt words
@@ -39,7 +39,7 @@ def _words(names) -> re.Pattern[str]:
 
 def _vectors(context, entries) -> dict[str, object] | None:
     """Vectors per text encoder (``text_encoder``/``text_encoder_2``) from the first file that fits."""
-    from ctrlgen.core.architecture import load_state_dict
+    from ctrlgen.core.models.identify import load_state_dict
 
     pipe = context.pipeline
     widths = {name: getattr(pipe, name).get_input_embeddings().embedding_dim

@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ctrlgen.core.plugins.specs import Param
+
 from .errors import ImageError
-from .specs import Param
 
 MAX_SIDE = 16384
 MAX_PIXELS = 16384 * 16384

@@ -8,8 +8,8 @@ import numpy as np
 
 from ctrlgen.core.errors import ParamError
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec
 
 PARAMS = (
     Param("low_threshold", "int", default=100, min=0, max=255, step=1,

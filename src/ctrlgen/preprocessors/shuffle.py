@@ -14,8 +14,8 @@ from dataclasses import replace
 import numpy as np
 
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec, PreprocessResult
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec, PreprocessResult
 
 MAX_SEED = 2**31 - 1
 

@@ -55,12 +55,12 @@ class PreprocessorContract:
         return contract_image()
 
     def run_preprocessor(self, image: Any, **overrides: Any):
-        from ctrlgen.core.preprocess import preprocess
+        from ctrlgen.core.engine.preprocess import preprocess
 
         return preprocess(self.preprocessor, image, **{**self.params, **overrides})
 
     def spec(self):
-        from ctrlgen.core.plugins import get_registry
+        from ctrlgen.core.plugins.manager import get_registry
 
         return get_registry("preprocessors").get(self.preprocessor)
 
@@ -192,9 +192,9 @@ class AdapterContract:
     def contract_setup(self, contract_model_root, tmp_path, torch_single_thread):
         from PIL import Image
 
-        from ctrlgen.core.engine import Engine
-        from ctrlgen.core.models import ModelStore
-        from ctrlgen.core.specs import ModelRoot
+        from ctrlgen.core.engine.engine import Engine
+        from ctrlgen.core.models.store import ModelStore
+        from ctrlgen.core.plugins.specs import ModelRoot
 
         image = tmp_path / "contract.png"
         Image.fromarray(contract_image(64, 64)).save(image)
@@ -202,12 +202,12 @@ class AdapterContract:
         return Engine(store=store, device="cpu"), str(image), store
 
     def _run(self, engine, job: dict[str, Any], **kwargs):
-        from ctrlgen.core.jobs import parse_job
+        from ctrlgen.core.engine.jobs import parse_job
 
         return engine.run(parse_job(job), **kwargs)
 
     def test_contract_adapter_spec_is_well_formed(self):
-        from ctrlgen.core.plugins import get_registry
+        from ctrlgen.core.plugins.manager import get_registry
 
         spec = get_registry("adapters").get(self.adapter)
         assert spec.description
@@ -237,7 +237,7 @@ class AdapterContract:
         assert pipeline_fingerprint(base) == before, "a cancelled job left the cached pipeline changed"
 
     def test_contract_plain_job_after_adapter_matches_fresh_pipeline(self, contract_setup):
-        from ctrlgen.core.engine import Engine
+        from ctrlgen.core.engine.engine import Engine
 
         engine, image, store = contract_setup
         self._run(engine, self.adapter_job(image))

@@ -8,7 +8,7 @@ Session fixtures (built once per session, in ``tmp_path_factory``; set
 ``CTRLGEN_TEST_CACHE_DIR`` to a folder to keep them between sessions, keyed by version):
 
 * ``tiny_model_cache`` — the folder the tiny models are built in; pass it as ``cache_dir=``
-  to the loaders in :mod:`ctrlgen.core.single_file` to keep their config folders there too;
+  to the loaders in :mod:`ctrlgen.core.models.loading` to keep their config folders there too;
 * ``tiny_sd15`` / ``tiny_sdxl`` — :class:`~ctrlgen.testing.tiny.TinyModel` paths (diffusers
   folders, original-format single files with sidecar configs, ControlNets);
 * ``tiny_model_root`` — an A1111 install root (``models/Stable-diffusion``,

@@ -25,7 +25,7 @@ def using_model_roots(roots: str | None) -> Iterator[None]:
     Loaded annotator networks are dropped on entry and exit, so nothing loaded from one set
     of roots is used with another; the variable and the store are restored on exit.
     """
-    from ctrlgen.core import annotators
+    from ctrlgen.core.models import annotators
 
     before = os.environ.get(ROOTS_VARIABLE)
     _set_roots(roots)

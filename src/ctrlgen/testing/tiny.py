@@ -12,7 +12,7 @@ two steps on a CPU in well under a second. The VAE has four levels (8× down-sca
 the ControlNet hint encoder the real four-stage layout, so original-format single files
 stay in the exact key layout that diffusers' and A1111/ComfyUI's loaders expect. The text
 encoders use the real 49,408-token vocabulary and the tokenizer is a real
-``CLIPTokenizer`` built offline (:mod:`ctrlgen.core.tokenizer`).
+``CLIPTokenizer`` built offline (:mod:`ctrlgen.core.models.tokenizer`).
 
 ``write_tiny_sd15(root)`` / ``write_tiny_sdxl(root)`` write, under
 ``root/<arch>-<version>/``:
@@ -31,9 +31,9 @@ encoders use the real 49,408-token vocabulary and the tokenizer is a real
 an A1111-style ``<stem>.yaml`` (original LDM config) is not enough offline: it describes the
 UNet and VAE, but its text encoder is only a hub name (``openai/clip-vit-large-patch14``)
 that diffusers would download. So every single file gets a ``<stem>.config.json`` sidecar:
-its diffusers config folder packed into one JSON file (see :mod:`ctrlgen.core.diffusers_configs`),
-which :func:`~ctrlgen.core.single_file.load_pipeline_from_single_file` and
-:func:`~ctrlgen.core.single_file.load_controlnet` pick up automatically.
+its diffusers config folder packed into one JSON file (see :mod:`ctrlgen.core.models.configs`),
+which :func:`~ctrlgen.core.models.loading.load_pipeline_from_single_file` and
+:func:`~ctrlgen.core.models.loading.load_controlnet` pick up automatically.
 
 Built folders are keyed by :data:`TINY_VERSION` (with the diffusers and transformers
 versions), published atomically, and reused by later calls with the same ``root``.
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ctrlgen.core.diffusers_configs import bundled_config_files, link_or_copy, write_sidecar
-from ctrlgen.core.tokenizer import default_cache_dir, load_clip_tokenizer, publish_folder
+from ctrlgen.core.models.configs import bundled_config_files, link_or_copy, write_sidecar
+from ctrlgen.core.models.tokenizer import default_cache_dir, load_clip_tokenizer, publish_folder
 
 TINY_VERSION = "2"
 """Bump when the tiny models change; old cache folders are then ignored."""
@@ -454,7 +454,7 @@ def write_model_root(
 
 
 def _place(single_file: Path, folder: Path) -> Path:
-    from ctrlgen.core.diffusers_configs import sidecar_path
+    from ctrlgen.core.models.configs import sidecar_path
 
     folder.mkdir(parents=True, exist_ok=True)
     for source in (single_file, sidecar_path(single_file)):

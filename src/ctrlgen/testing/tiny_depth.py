@@ -43,7 +43,7 @@ def _randomise_batch_norms(network: Any) -> Any:
 
 
 def write_midas(folder: Path) -> Path:
-    from ctrlgen.preprocessors._depth import build_midas, quiet
+    from ctrlgen.preprocessors.depth.networks import build_midas, quiet
 
     def make() -> Any:
         with quiet():
@@ -54,7 +54,7 @@ def write_midas(folder: Path) -> Path:
 
 
 def write_zoe(folder: Path) -> Path:
-    from ctrlgen.preprocessors._depth import build_zoe, quiet
+    from ctrlgen.preprocessors.depth.networks import build_zoe, quiet
 
     def make() -> Any:
         with quiet():
@@ -65,7 +65,7 @@ def write_zoe(folder: Path) -> Path:
 
 
 def write_leres(folder: Path) -> Path:
-    from ctrlgen.preprocessors._depth import build_leres
+    from ctrlgen.preprocessors.depth.networks import build_leres
 
     return write_seeded(folder, "res101.pth", 3,
                         lambda: {"depth_model": _with_prefix(_randomise_batch_norms(build_leres()).state_dict(),
@@ -84,7 +84,7 @@ def write_leres_boost(folder: Path) -> Path:
 def write_normal_bae(folder: Path) -> Path:
     import torch
 
-    from ctrlgen.preprocessors._depth import build_normal_bae, quiet
+    from ctrlgen.preprocessors.depth.networks import build_normal_bae, quiet
 
     def make() -> Any:
         with quiet():

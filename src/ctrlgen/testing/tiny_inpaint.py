@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctrlgen.core.tokenizer import publish_folder
+from ctrlgen.core.models.tokenizer import publish_folder
 
 INPAINT_IN_CHANNELS = 9  # 4 latents + 1 mask + 4 masked-image latents
 
@@ -108,7 +108,7 @@ def add_inpaint_models(model_root: Any, architectures: tuple[str, ...] = ("sd15"
     cache folder, ``tiny-models``)."""
     import shutil
 
-    from ctrlgen.core.tokenizer import default_cache_dir
+    from ctrlgen.core.models.tokenizer import default_cache_dir
     from ctrlgen.testing.tiny import _LAYOUT_FOLDERS, _link_or_copy_str, _place
 
     build_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tiny-models"

@@ -358,7 +358,7 @@ def add_tiny_ip_adapter_models(root: Any) -> TinyIPModels:
 
     The tiny SD1.5 and SDXL checkpoints' sidecar configs give the UNet shapes. Idempotent.
     """
-    from ctrlgen.core.diffusers_configs import link_or_copy, read_sidecar, sidecar_path
+    from ctrlgen.core.models.configs import link_or_copy, read_sidecar, sidecar_path
 
     base = Path(getattr(root, "root", root))
     models = base / "models"

@@ -82,7 +82,7 @@ def write_lineart_anime(folder: Path, width: int = 4) -> Path:
 
 def write_manga_line(folder: Path, widths: tuple[int, ...] = (2, 4, 8, 16, 32), head: int = 2) -> Path:
     def make():
-        from ctrlgen.preprocessors._lines_manga import manga_line_network
+        from ctrlgen.preprocessors.lines.manga import manga_line_network
 
         state = _randomise_batch_norms(manga_line_network(widths, head)).state_dict()
         # The network maps 0..255 grey to 0..255; spread the random output over that range.

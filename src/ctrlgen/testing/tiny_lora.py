@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctrlgen.core.diffusers_configs import link_or_copy
-from ctrlgen.core.tokenizer import publish_folder
+from ctrlgen.core.models.configs import link_or_copy
+from ctrlgen.core.models.tokenizer import publish_folder
 
 TINY_ADDONS_VERSION = "2"
 RANK = 4

@@ -7,7 +7,7 @@ the same ways, under ``root/sdxl-union-<version>/``:
 
 * ``tiny-controlnet-union-sdxl/`` — the diffusers folder (``save_pretrained``, safetensors);
 * ``tiny-controlnet-union-sdxl.safetensors`` — its state dict in one file (diffusers keys), with
-  a ``.config.json`` sidecar so :func:`~ctrlgen.core.single_file.load_controlnet` builds it offline.
+  a ``.config.json`` sidecar so :func:`~ctrlgen.core.models.loading.load_controlnet` builds it offline.
 
 It matches :func:`ctrlgen.testing.tiny.tiny_sdxl_components`' UNet (same blocks, ``text_time``
 conditioning), has ProMax's eight control types (``tile`` and ``repaint`` included) and, like the
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctrlgen.core.diffusers_configs import write_sidecar
-from ctrlgen.core.tokenizer import publish_folder
+from ctrlgen.core.models.configs import write_sidecar
+from ctrlgen.core.models.tokenizer import publish_folder
 
 TINY_UNION_VERSION = "1"
 NUM_CONTROL_TYPES = 8  # ProMax: openpose, depth, hed, canny, normal, segment, tile, repaint
@@ -116,7 +116,7 @@ def add_tiny_union(models_dir: Path, cache_dir: Path, folder_name: str = "Contro
     """
     import shutil
 
-    from ctrlgen.core.diffusers_configs import link_or_copy, sidecar_path
+    from ctrlgen.core.models.configs import link_or_copy, sidecar_path
 
     tiny = write_tiny_union(cache_dir)
     target = Path(models_dir) / folder_name
@@ -131,7 +131,7 @@ def add_tiny_union(models_dir: Path, cache_dir: Path, folder_name: str = "Contro
 
 
 def _link(source: str, target: str) -> str:
-    from ctrlgen.core.diffusers_configs import link_or_copy
+    from ctrlgen.core.models.configs import link_or_copy
 
     link_or_copy(Path(source), Path(target))
     return target

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ctrlgen.core.specs import Param
+from ctrlgen.core.plugins.specs import Param
 
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 SOFT_INJECTION_BASE = 0.825

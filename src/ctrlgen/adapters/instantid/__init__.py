@@ -5,7 +5,7 @@ model store: SCRFD keypoints, ArcFace embedding); the InstantID IP-Adapter (``ip
 a Resampler over the embedding, loaded by diffusers' ``load_ip_adapter`` as IP-Adapter attention
 processors, so it composes with other IP-Adapters in the job); and IdentityNet, a ControlNet
 fed InstantID's five-keypoint drawing that attends to the face tokens instead of the prompt
-(:mod:`ctrlgen.adapters._instantid`). It joins the job's ControlNet units (MultiControlNet).
+(:mod:`ctrlgen.adapters.instantid.identitynet`). It joins the job's ControlNet units (MultiControlNet).
 ``ip_adapter_scale`` (identity strength) and ``controlnet_conditioning_scale`` (keypoint
 strength) are separate, as in InstantID's own pipeline.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import AdapterSpec, Param, normalize_name
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import AdapterSpec, Param, normalize_name
 
 PARAMS = (
     Param(
@@ -100,12 +100,17 @@ def attach_instantid(context, uses):
     import numpy as np
     import torch
 
+    from ctrlgen.adapters.instantid.identitynet import face_tokens_for, keypoint_image, with_identitynet
+    from ctrlgen.adapters.ip_adapter.attach import (
+        IPUse,
+        attach_ip_uses,
+        cfg_layout,
+        projection_kind,
+        read_ip_adapter,
+    )
+    from ctrlgen.adapters.ip_adapter.face import analyze_face, detect_faces
+    from ctrlgen.adapters.ip_adapter.prepare import check_fits_unet
     from ctrlgen.core.errors import JobError
-
-    from ._instantid import face_tokens_for, keypoint_image, with_identitynet
-    from ._ip_attach import IPUse, attach_ip_uses, cfg_layout, projection_kind, read_ip_adapter
-    from ._ip_face import analyze_face, detect_faces
-    from ._ip_prepare import check_fits_unet
 
     index = next(
         (i for i, use in enumerate(context.job.adapters) if normalize_name(use.type) == "instantid"), 0

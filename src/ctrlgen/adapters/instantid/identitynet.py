@@ -35,7 +35,7 @@ def keypoint_image(kps: np.ndarray, source_size: tuple[int, int], width: int, he
     """InstantID's keypoint drawing (PIL) at the generation size."""
     from PIL import Image
 
-    from ctrlgen.preprocessors._face import draw_kps
+    from ctrlgen.preprocessors.face.detect import draw_kps
 
     return Image.fromarray(draw_kps(height, width, [fit_points(kps, source_size, width, height)]))
 
@@ -67,8 +67,8 @@ def with_identitynet(
     from diffusers import ControlNetModel
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-    from ctrlgen.core.tasks import pipeline_class as task_pipeline_class
-    from ctrlgen.core.tasks import pipeline_view
+    from ctrlgen.core.engine.tasks import pipeline_class as task_pipeline_class
+    from ctrlgen.core.engine.tasks import pipeline_view
 
     current = context.pipeline
     existing = getattr(current, "controlnet", None)

@@ -3,7 +3,7 @@
 Loaded with diffusers' ``load_ip_adapter`` from local weights (h94's formats: plain, Plus,
 full-face, FaceID, FaceID-Plus v1/v2, SD1.5 and SDXL), the reference images encoded by the CLIP
 image encoder the adapter needs (or insightface's ArcFace for FaceID), and taken out again after
-the job: see :mod:`ctrlgen.adapters._ip_attach`. Several uses in one job load together (diffusers
+the job: see :mod:`ctrlgen.adapters.ip_adapter.attach`. Several uses in one job load together (diffusers
 keeps one key/value projection per adapter in every processor). Per-block scales follow
 InstantStyle: ``style`` acts only in the block that carries style, ``composition`` only in the
 one that carries layout.
@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import AdapterSpec, Param, normalize_name
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import AdapterSpec, Param, normalize_name
 
 PRESETS = ("all", "style", "composition", "style_and_composition")
 
@@ -133,8 +133,8 @@ def _labels(context: Any, count: int) -> list[str]:
 @contextlib.contextmanager
 def attach_ip_adapter(context, uses):
     """Load every ``ip_adapter`` use of the job into the UNet for the job; restore on exit."""
-    from ._ip_attach import attach_ip_uses
-    from ._ip_prepare import prepare_use
+    from ctrlgen.adapters.ip_adapter.attach import attach_ip_uses
+    from ctrlgen.adapters.ip_adapter.prepare import prepare_use
 
     prepared = [
         prepare_use(context, params, label)

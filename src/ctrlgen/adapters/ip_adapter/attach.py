@@ -64,7 +64,7 @@ def read_ip_adapter(path: Path, allow_pickle: bool, device: str) -> dict[str, di
     ``set_adapters``, switching off the job's other LoRAs. The FaceID LoRA is a normal LoRA
     (h94 ships it as ``ip-adapter-faceid_sd15_lora.safetensors``) for the ``lora`` adapter.
     """
-    from ctrlgen.core.architecture import load_state_dict
+    from ctrlgen.core.models.identify import load_state_dict
 
     flat = load_state_dict(path, allow_pickle=allow_pickle, device=device)
     nested: dict[str, dict[str, Any]] = {"image_proj": {}, "ip_adapter": {}}

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ctrlgen.core.annotators import loaded
 from ctrlgen.core.errors import JobError, ModelNotFoundError
+from ctrlgen.core.models.annotators import loaded
 
 OWNER = "ip_adapter"
 _WIDTH_OF = {
@@ -106,7 +106,7 @@ def load_encoder(entry: Any, device: str, dtype: Any, allow_pickle: bool):
 def _from_single_file(path: Path, allow_pickle: bool):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ctrlgen.core.architecture import load_state_dict
+    from ctrlgen.core.models.identify import load_state_dict
 
     state = load_state_dict(path, allow_pickle=allow_pickle)
     patch_key = next((k for k in state if k.endswith("vision_model.embeddings.patch_embedding.weight")), None)

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ctrlgen.core.annotators import loaded
 from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError
-from ctrlgen.core.specs import WeightFile
+from ctrlgen.core.models.annotators import loaded
+from ctrlgen.core.plugins.specs import WeightFile
 
 OWNER = "insightface"
 _SOURCE = "https://github.com/deepinsight/insightface/tree/master/python-package#model-zoo ({pack}.zip)"
@@ -83,8 +83,8 @@ def _recogniser(store: Any, pack: str, device: str):
 def detect_faces(
     store: Any, image: np.ndarray, *, pack: str, detector: str, device: str, det_size: int = 640
 ) -> list[Any]:
-    """Faces (``ctrlgen.preprocessors._face.Face``) in an RGB image, largest first."""
-    from ctrlgen.preprocessors import _face
+    """Faces (``ctrlgen.preprocessors.face.detect.Face``) in an RGB image, largest first."""
+    from ctrlgen.preprocessors.face import detect as _face
 
     if detector == "mediapipe":
         model = loaded(OWNER, lambda: _face.load_mediapipe_detector(0.5), key=("mediapipe", 0.5))

@@ -31,7 +31,7 @@ def check_fits_unet(
 
 def _face_embeddings(context: Any, params: dict[str, Any], images: list[Any], label: str):
     """(normed ArcFace embeddings N×512, aligned 224² face crops) for FaceID."""
-    from ._ip_face import aligned_face, analyze_face, load_embedding
+    from ctrlgen.adapters.ip_adapter.face import aligned_face, analyze_face, load_embedding
 
     if params["face_embedding"]:
         embedding = load_embedding(params["face_embedding"], f"{label}.face_embedding")
@@ -65,8 +65,8 @@ def embeddings_for(
     import torch
     from PIL import Image
 
-    from ._ip_attach import cfg_layout
-    from ._ip_encoder import encode_images, load_encoder, needed_width, pick_encoder
+    from ctrlgen.adapters.ip_adapter.attach import cfg_layout
+    from ctrlgen.adapters.ip_adapter.encoder import encode_images, load_encoder, needed_width, pick_encoder
 
     def encoder_for():
         need = needed_width(kind, state)
@@ -112,7 +112,7 @@ def read_mask(context: Any, path: str, images: int, label: str):
 
 def block_factors(preset: str, custom: dict[str, float], unet: Any, architecture: str, label: str):
     """Processor-name prefix -> factor for a preset or ``block_scales`` (None: every layer, 1)."""
-    from ._ip_attach import cross_attention_blocks
+    from ctrlgen.adapters.ip_adapter.attach import cross_attention_blocks
 
     blocks = cross_attention_blocks(unet)
     if custom:
@@ -138,10 +138,10 @@ def block_factors(preset: str, custom: dict[str, float], unet: Any, architecture
 
 
 def prepare_use(context: Any, params: dict[str, Any], label: str):
-    """An :class:`~ctrlgen.adapters._ip_attach.IPUse` for one validated use (loads weights, encodes images)."""
+    """An :class:`~ctrlgen.adapters.ip_adapter.attach.IPUse` for one validated use (loads weights, encodes images)."""
     from PIL import Image
 
-    from ._ip_attach import IPUse, projection_kind, read_ip_adapter
+    from ctrlgen.adapters.ip_adapter.attach import IPUse, projection_kind, read_ip_adapter
 
     store = context.store
     entry = store.find(params["model"], category=("ipadapter",))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import AdapterSpec, Param
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import AdapterSpec, Param
 
 PARAMS = (
     Param("model", "model", category="loras",
@@ -28,7 +28,7 @@ PARAMS = (
 
 
 def _requests(context, uses):
-    from ctrlgen.adapters._lora import LoraRequest, take_prompt_tags
+    from ctrlgen.adapters.lora.loading import LoraRequest, take_prompt_tags
 
     requests = []
     for index, use in enumerate(uses):
@@ -41,8 +41,8 @@ def _requests(context, uses):
 
 
 def _state_dict(context, request):
-    from ctrlgen.core.architecture import load_state_dict
     from ctrlgen.core.errors import JobError, ModelNotFoundError
+    from ctrlgen.core.models.identify import load_state_dict
 
     try:
         entry = context.store.find(request.model, category="loras")
@@ -63,7 +63,7 @@ def _state_dict(context, request):
 @contextlib.contextmanager
 def attach_lora(context, uses):
     """Load the uses' and prompt tags' LoRAs into ``context.pipeline``; unload them on exit."""
-    from ctrlgen.adapters._lora import LoadedLoras
+    from ctrlgen.adapters.lora.loading import LoadedLoras
     from ctrlgen.core.errors import JobError
 
     requests = _requests(context, uses)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 
 from ctrlgen.core.images import RESIZE_MODES
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import AdapterSpec, Param
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import AdapterSpec, Param
 
 MODES = ("reference_only", "reference_adain", "reference_adain+attn")
 CONTROL_MODES = ("balanced", "my_prompt_is_more_important", "controlnet_is_more_important")
@@ -44,7 +44,7 @@ PARAMS = (
 
 
 def _use(context, index, params):
-    from ctrlgen.adapters._reference import ReferenceUse
+    from ctrlgen.adapters.reference.hooks import ReferenceUse
     from ctrlgen.core.errors import JobError
 
     owner = f"reference use {index + 1}"
@@ -72,7 +72,7 @@ def _use(context, index, params):
 @contextlib.contextmanager
 def attach_reference(context, uses):
     """Hook the job's UNet for the reference uses; everything is removed on exit."""
-    from ctrlgen.adapters._reference import ReferenceHooks
+    from ctrlgen.adapters.reference.hooks import ReferenceHooks
 
     references = [_use(context, index, params) for index, params in enumerate(uses)]
     generators = context.call_kwargs.get("generator")

@@ -10,7 +10,7 @@ points renormalise their output to the stored statistics. ``style_fidelity`` ble
 unconditional (negative-prompt) rows only, the plain result back in:
 ``out = fidelity * out_plain_uncond + (1 - fidelity) * out_reference``.
 
-``weight`` selects the layers that take part (see :mod:`ctrlgen.adapters._reference_layers`).
+``weight`` selects the layers that take part (see :mod:`ctrlgen.adapters.reference.layers`).
 
 Everything installed is removed on :meth:`ReferenceHooks.remove`: the UNet hooks and AdaIN
 hooks by handle, the attention processors by putting the very objects found back.
@@ -22,7 +22,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctrlgen.adapters._reference_layers import (
+from ctrlgen.adapters.reference.layers import (
     Bank,
     ReferenceAttnProcessor,
     ReferenceState,

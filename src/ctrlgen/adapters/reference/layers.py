@@ -2,7 +2,7 @@
 
 :class:`ReferenceAttnProcessor` wraps a self-attention layer's processor; :func:`adain_hook`
 is a forward hook for an AdaIN point. Both read the shared :class:`ReferenceState` that
-:class:`~ctrlgen.adapters._reference.ReferenceHooks` switches between ``write`` and ``read``.
+:class:`~ctrlgen.adapters.reference.hooks.ReferenceHooks` switches between ``write`` and ``read``.
 Which layers take part follows sd-webui-controlnet's hook.py: self-attention layers sorted by
 width (widest first) get thresholds ``i / n`` and write only while ``weight > threshold``; AdaIN
 points are the middle block (threshold 0), the down-path units below full resolution

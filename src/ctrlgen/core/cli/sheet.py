@@ -50,10 +50,10 @@ def preprocessor_sheet(image: np.ndarray, cell: int = 256, names: Sequence[str] 
     needing input the defaults do not give). A mask (centred ellipse by default) is passed
     to every preprocessor, so mask-driven ones (inpaint hints) show what they do.
     """
-    from .errors import CtrlgenError
-    from .images import to_rgb
-    from .plugins import get_registry
-    from .preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
+    from ctrlgen.core.errors import CtrlgenError
+    from ctrlgen.core.images import to_rgb
+    from ctrlgen.core.plugins.manager import get_registry
 
     image = to_rgb(image)
     height, width = image.shape[:2]
@@ -65,7 +65,7 @@ def preprocessor_sheet(image: np.ndarray, cell: int = 256, names: Sequence[str] 
     items: list[tuple[str, np.ndarray]] = [("input", image)]
     ran: list[str] = []
     skipped: dict[str, str] = {}
-    from .errors import ModelNotFoundError
+    from ctrlgen.core.errors import ModelNotFoundError
 
     for name in names or registry.names():
         label = name

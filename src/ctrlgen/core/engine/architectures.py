@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from .plugins import hookimpl
-from .preview import LATENT_RGB
-from .specs import ArchitectureSpec
+from ctrlgen.core.engine.preview import LATENT_RGB
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import ArchitectureSpec
 
 _SD = {
     ("txt2img", False): "StableDiffusionPipeline",

@@ -1,6 +1,6 @@
 """Prompt text -> text-encoder embeddings with A1111 semantics.
 
-- Attention weights from :mod:`ctrlgen.core.prompts` scale each token's embedding; the
+- Attention weights from :mod:`ctrlgen.core.engine.prompts` scale each token's embedding; the
   chunk's mean is then restored (A1111's normalisation), so weights shift emphasis
   without changing the overall magnitude.
 - Prompts longer than 75 tokens, or split with ``BREAK``, become several 77-token chunks
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .prompts import BREAK_MARK, parse_attention, prompt_schedule
+from ctrlgen.core.engine.prompts import BREAK_MARK, parse_attention, prompt_schedule
 
 CHUNK = 75
 

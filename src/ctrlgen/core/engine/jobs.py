@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import JobError
-from .images import MAX_SIDE, RESIZE_MODES
-from .masks import FillMode
+from ctrlgen.core.engine.masks import FillMode
+from ctrlgen.core.errors import JobError
+from ctrlgen.core.images import MAX_SIDE, RESIZE_MODES
 
 Task = Literal["txt2img", "img2img", "inpaint", "preprocess"]
 
@@ -133,7 +133,7 @@ class Job(BaseModel):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
-        from .samplers import resolve_sampler_name
+        from ctrlgen.core.engine.samplers import resolve_sampler_name
 
         return resolve_sampler_name(value)
 
@@ -203,7 +203,7 @@ class Job(BaseModel):
 def _image_params(adapter: str) -> list[str]:
     """Names of an adapter's image params (``image`` type, or ``json`` lists of images named
     ``images``); unknown adapters have none here and are reported when the job runs."""
-    from .plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     registry = get_registry("adapters")
     if adapter not in registry:

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import ImageError
+from ctrlgen.core.errors import ImageError
 
 FillMode = Literal["original", "fill", "latent_noise", "latent_nothing"]
 FILL_MODES: tuple[str, ...] = ("original", "fill", "latent_noise", "latent_nothing")

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import CtrlgenError
+from ctrlgen.core.errors import CtrlgenError
 
 MEMORY_MODES = ("auto", "none", "model_offload", "sequential_offload")
 TILING_MODES = ("auto", "on", "off")

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CtrlgenError, PluginError
-from .images import resize, to_mask, to_rgb
-from .plugins import get_registry
-from .specs import PreprocessorSpec, PreprocessResult, validate_params
+from ctrlgen.core.errors import CtrlgenError, PluginError
+from ctrlgen.core.images import resize, to_mask, to_rgb
+from ctrlgen.core.plugins.manager import get_registry
+from ctrlgen.core.plugins.specs import PreprocessorSpec, PreprocessResult, validate_params
 
 
 def check_requirements(spec: PreprocessorSpec) -> None:

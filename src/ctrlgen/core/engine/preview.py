@@ -5,7 +5,7 @@ image patch it encodes, so one 4×3 matrix (fitted once per latent space, the wa
 ComfyUI's and A1111's "approx NN/cheap" previews work) gives a recognisable thumbnail in
 well under a millisecond — no VAE decode, no extra GPU memory. The factors below are the
 widely used least-squares fits for the released SD1.5/SD2 and SDXL VAEs; other latent
-spaces bring theirs in their :class:`~ctrlgen.core.specs.ArchitectureSpec` (``latent_rgb``).
+spaces bring theirs in their :class:`~ctrlgen.core.plugins.specs.ArchitectureSpec` (``latent_rgb``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import JobError
+from ctrlgen.core.errors import JobError
 
 # name -> (diffusers scheduler class, extra config)
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageError, JobError
-from .images import check_size, fit, resize, to_mask, to_rgb
-from .masks import (
+from ctrlgen.core.engine.masks import (
     LATENT_FILL_MODES,
     Expansion,
     Region,
@@ -38,11 +36,13 @@ from .masks import (
     outpaint_mask,
     prepare_mask,
 )
+from ctrlgen.core.errors import ImageError, JobError
+from ctrlgen.core.images import check_size, fit, resize, to_mask, to_rgb
 
 
 def architecture_spec(architecture: str):
-    """The registered :class:`~ctrlgen.core.specs.ArchitectureSpec` for ``architecture``."""
-    from .plugins import get_registry
+    """The registered :class:`~ctrlgen.core.plugins.specs.ArchitectureSpec` for ``architecture``."""
+    from ctrlgen.core.plugins.manager import get_registry
 
     registry = get_registry("architectures")
     if architecture not in registry:

@@ -1,6 +1,6 @@
 """Identification rules for add-on files: LoRAs, IP-Adapters, embeddings, image and text encoders.
 
-Like :mod:`ctrlgen.core.architecture_rules`, these read tensor names and structure first;
+Like :mod:`ctrlgen.core.models.base_rules`, these read tensor names and structure first;
 absolute widths only break ties and are recorded in ``details``.
 """
 
@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .architecture_rules import ModelIdentity, TensorKeys, clean_details
+from ctrlgen.core.models.base_rules import ModelIdentity, TensorKeys, clean_details
 
 _TEXT_WIDTH_ARCHITECTURES = {768: "sd15", 1024: "sd2"}
 

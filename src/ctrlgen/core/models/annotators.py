@@ -1,6 +1,6 @@
 """What preprocessors with weights share: finding their files and keeping them loaded.
 
-A preprocessor declares its files as :class:`~ctrlgen.core.specs.WeightFile` s; at run
+A preprocessor declares its files as :class:`~ctrlgen.core.plugins.specs.WeightFile` s; at run
 time it calls :func:`weight_path` (model store lookup, clear error when missing, never a
 download) and :func:`loaded` (load once, keep, free on :func:`unload`)::
 
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ModelNotFoundError
-from .specs import WeightFile
+from ctrlgen.core.errors import ModelNotFoundError
+from ctrlgen.core.plugins.specs import WeightFile
 
 T = TypeVar("T")
 
@@ -30,8 +30,8 @@ _store: tuple[Any, Any] | None = None  # (settings, ModelStore)
 def default_store():
     """The model store for the current settings (rebuilt when the settings change)."""
     global _store
-    from .config import load_settings
-    from .models import ModelStore
+    from ctrlgen.core.config import load_settings
+    from ctrlgen.core.models.store import ModelStore
 
     settings = load_settings()
     with _store_lock:
@@ -65,7 +65,7 @@ def load_weights(owner: str, weight: WeightFile, store: Any = None) -> dict[str,
     containers is refused with :class:`~ctrlgen.core.errors.UnsafeModelError`. A
     ``.safetensors`` copy found under the same name is preferred.
     """
-    from .architecture import load_state_dict
+    from ctrlgen.core.models.identify import load_state_dict
 
     path = weight_path(owner, weight, store)
     twin = path.with_suffix(".safetensors")
@@ -122,8 +122,8 @@ def unloader(owner: str) -> Callable[[], None]:
 
 def torch_device() -> str:
     """Where preprocessor networks run: the configured device (``auto`` picks CUDA/MPS/CPU)."""
-    from .config import load_settings
-    from .device import choose_device
+    from ctrlgen.core.config import load_settings
+    from ctrlgen.core.models.device import choose_device
 
     return choose_device(load_settings().device).device
 

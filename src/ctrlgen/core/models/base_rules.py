@@ -7,8 +7,8 @@ Absolute sizes (768, 1024, 2048, ...) are used only as tie-breakers and recorded
 ``details``. File names are never looked at.
 
 Each ``*_rule(keys, metadata)`` returns a :class:`ModelIdentity` or ``None`` (not mine);
-:func:`ctrlgen.core.architecture.identify_tensors` tries them in order. Add-on files
-(LoRA, IP-Adapter, embeddings, encoders) are in :mod:`ctrlgen.core.addon_rules`.
+:func:`ctrlgen.core.models.identify.identify_tensors` tries them in order. Add-on files
+(LoRA, IP-Adapter, embeddings, encoders) are in :mod:`ctrlgen.core.models.addon_rules`.
 """
 
 from __future__ import annotations

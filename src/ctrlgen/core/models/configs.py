@@ -15,7 +15,7 @@ files). This module provides such folders without the hub:
                  "tokenizer/tokenizer_config.json": {...}, ...}}
 
   Only JSON configs are packed; the CLIP vocabulary is added from
-  :mod:`ctrlgen.core.tokenizer` when the folder is assembled. One file rather than a folder,
+  :mod:`ctrlgen.core.models.tokenizer` when the folder is assembled. One file rather than a folder,
   so it travels with the checkpoint like A1111's ``<stem>.yaml`` and is never mistaken for a
   diffusers model folder by a model-store scan. :func:`write_sidecar` packs any diffusers
   folder; that is how a checkpoint of non-standard shape (a tiny test model, a pruned
@@ -36,8 +36,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFormatError
-from .tokenizer import (
+from ctrlgen.core.errors import ModelFormatError
+from ctrlgen.core.models.tokenizer import (
     TOKENIZER_FORMAT_VERSION,
     clip_tokenizer_dir,
     default_cache_dir,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import CtrlgenError
+from ctrlgen.core.errors import CtrlgenError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
   ``.safetensors`` file, never tensor data: a 7 GB checkpoint is identified in
   milliseconds.
 - :func:`identify_tensors` says what a set of tensor names and shapes is (the rules live
-  in :mod:`ctrlgen.core.architecture_rules` and :mod:`ctrlgen.core.addon_rules`).
+  in :mod:`ctrlgen.core.models.base_rules` and :mod:`ctrlgen.core.models.addon_rules`).
 - :func:`identify_file` identifies a ``.safetensors`` file, a diffusers/transformers
   folder, or (only when allowed) a pickle, by tensor names and structure — never by its
   file name.
@@ -28,9 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import addon_rules, architecture_rules
-from .architecture_rules import ARCHITECTURES, KINDS, ModelIdentity, TensorKeys, metadata_architecture
-from .errors import ModelFormatError, UnsafeModelError
+from ctrlgen.core.errors import ModelFormatError, UnsafeModelError
+from ctrlgen.core.models import addon_rules
+from ctrlgen.core.models import base_rules as architecture_rules
+from ctrlgen.core.models.base_rules import (
+    ARCHITECTURES,
+    KINDS,
+    ModelIdentity,
+    TensorKeys,
+    metadata_architecture,
+)
 
 __all__ = [
     "ARCHITECTURES",

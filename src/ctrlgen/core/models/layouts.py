@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .specs import ModelRoot
+from ctrlgen.core.plugins.specs import ModelRoot
 
 CATEGORIES = (
     "checkpoints",
@@ -186,7 +186,7 @@ def normalize_category(category: str) -> str:
     key = category.strip().lower().replace(" ", "_")
     key = CATEGORY_ALIASES.get(key, key)
     if key not in CATEGORIES:
-        from .errors import CtrlgenError
+        from ctrlgen.core.errors import CtrlgenError
 
         raise CtrlgenError(f"unknown model category {category!r}; categories are: {', '.join(CATEGORIES)}")
     return key

@@ -2,7 +2,7 @@
 
 diffusers' ``from_single_file`` needs a diffusers config folder to turn an original-format
 file into a pipeline, and normally downloads it. ctrlgen assembles that folder in its cache
-(:mod:`ctrlgen.core.diffusers_configs`) and calls ``from_single_file(config=folder,
+(:mod:`ctrlgen.core.models.configs`) and calls ``from_single_file(config=folder,
 local_files_only=True)``. The configs come from the file's **sidecar** ``<stem>.config.json``
 when it has one (non-standard shapes, e.g. the tiny test models), else from the **bundled
 configs** of the architecture (``sd15``, ``sd2``, ``sd2-v``, ``sdxl``; ControlNets for each).
@@ -27,7 +27,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .diffusers_configs import (
+from ctrlgen.core.errors import CtrlgenError, ModelFormatError, ModelNotFoundError, UnsafeModelError
+from ctrlgen.core.models.configs import (
     CONTROLNET_CONFIGS,
     SIDECAR_FORMAT,
     SIDECAR_SUFFIX,
@@ -38,7 +39,6 @@ from .diffusers_configs import (
     sidecar_path,
     write_sidecar,
 )
-from .errors import CtrlgenError, ModelFormatError, ModelNotFoundError, UnsafeModelError
 
 __all__ = [  # the config helpers are re-exported: callers need only this module
     "CONTROLNET_CONFIGS",

@@ -8,10 +8,10 @@ on (the default) and the folder exists.
 
 from __future__ import annotations
 
-from .config import Settings, load_settings
-from .model_layouts import hf_cache_dir
-from .plugins import hookimpl
-from .specs import ModelRoot, ModelSourceSpec
+from ctrlgen.core.config import Settings, load_settings
+from ctrlgen.core.models.layouts import hf_cache_dir
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import ModelRoot, ModelSourceSpec
 
 
 def configured_roots(settings: Settings | None = None) -> list[ModelRoot]:

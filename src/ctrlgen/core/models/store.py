@@ -1,8 +1,8 @@
 """The model store: find weights in the folders people already have, never copying them.
 
-A :class:`ModelStore` scans :class:`~ctrlgen.core.specs.ModelRoot` folders — an
+A :class:`ModelStore` scans :class:`~ctrlgen.core.plugins.specs.ModelRoot` folders — an
 AUTOMATIC1111/Forge or ComfyUI install (or its ``models`` folder), the Hugging Face cache,
-or a flat folder — identifies each file by its contents (:mod:`ctrlgen.core.architecture`)
+or a flat folder — identifies each file by its contents (:mod:`ctrlgen.core.models.identify`)
 and resolves references such as ``sd15/dreamshaper_8``, ``dreamshaper_8``,
 ``dreamshaper_8.safetensors``, a path, or a Hugging Face repo id.
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .architecture import PICKLE_SUFFIXES, ModelIdentity, identify_file
-from .config import Settings, config_dir, load_settings
-from .errors import CtrlgenError, ModelNotFoundError
-from .model_layouts import (
+from ctrlgen.core.config import Settings, config_dir, load_settings
+from ctrlgen.core.errors import CtrlgenError, ModelNotFoundError
+from ctrlgen.core.models.identify import PICKLE_SUFFIXES, ModelIdentity, identify_file
+from ctrlgen.core.models.layouts import (
     CATEGORIES,
     KIND_CATEGORY,
     MODEL_SUFFIXES,
@@ -42,7 +42,7 @@ from .model_layouts import (
     suggested_folder,
     walk,
 )
-from .specs import ModelRoot, WeightFile
+from ctrlgen.core.plugins.specs import ModelRoot, WeightFile
 
 __all__ = ["CATEGORIES", "AmbiguousModelError", "ModelEntry", "ModelStore", "identify_cached"]
 
@@ -110,7 +110,7 @@ def _cache_key(path: Path, allow_pickle: bool) -> tuple[Any, ...]:
 
 
 def identify_cached(path: str | os.PathLike[str], allow_pickle: bool = False) -> ModelIdentity:
-    """:func:`~ctrlgen.core.architecture.identify_file`, cached, and never raising.
+    """:func:`~ctrlgen.core.models.identify.identify_file`, cached, and never raising.
 
     A file that cannot be read becomes ``unknown`` with the reason in
     ``details["error"]``; so does a pickle that is not allowed (it is never opened).
@@ -199,8 +199,8 @@ class ModelStore:
         With ``settings`` given, the built-in sources use them instead of re-reading
         ``config.toml`` and the environment.
         """
-        from . import default_sources
-        from .plugins import get_registry, strict_plugins
+        from ctrlgen.core.models import sources as default_sources
+        from ctrlgen.core.plugins.manager import get_registry, strict_plugins
 
         explicit = settings is not None
         settings = settings if settings is not None else load_settings()

@@ -30,8 +30,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import cache_dir as default_cache_dir
-from .errors import ModelFormatError
+from ctrlgen.core.config import cache_dir as default_cache_dir
+from ctrlgen.core.errors import ModelFormatError
 
 TokenizerKind = Literal["clip", "openclip"]
 

@@ -14,8 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ...core.plugins import hookimpl
-from ...core.specs import HostBridgeSpec
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import HostBridgeSpec
 
 PLUGIN_NAME = "ctrlgen_krita"
 SOURCE = Path(__file__).resolve().parent / PLUGIN_NAME

@@ -38,7 +38,7 @@ def decode_encoded(body: bytearray, content_type: str, config: Any) -> np.ndarra
             elif image.mode in ("LA", "PA", "P") or "transparency" in image.info:
                 pixels = np.asarray(image.convert("RGBA"))
             elif image.mode in ("I;16", "I;16B", "I", "F"):
-                from ..core.images import to_rgb
+                from ctrlgen.core.images import to_rgb
 
                 pixels = to_rgb(image, "the uploaded image")  # 16-bit and float scaled to 8 bits
             else:

@@ -20,8 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.errors import CancelledError, ImageError, JobError, ModelNotFoundError, ParamError
-from ._server_uploads import UploadStore
+from ctrlgen.core.errors import CancelledError, ImageError, JobError, ModelNotFoundError, ParamError
+from ctrlgen.host_bridges.server.uploads import UploadStore
 
 log = logging.getLogger("ctrlgen.server")
 
@@ -43,7 +43,7 @@ def error_code(exc: BaseException) -> str:
 @dataclass
 class JobRecord:
     id: str
-    job: Any  # ctrlgen.core.jobs.Job
+    job: Any  # ctrlgen.core.engine.jobs.Job
     preview: bool
     refs: list[str]  # upload digests the job uses (pinned while it waits or runs)
     status: str = "queued"
@@ -216,7 +216,7 @@ class JobQueue:
 
     def _engine(self):
         if self.engine is None:
-            from ..core.engine import Engine
+            from ctrlgen.core.engine.engine import Engine
 
             self.engine = Engine(device=self.device)
         return self.engine

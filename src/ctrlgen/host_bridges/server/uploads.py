@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.errors import JobError
+from ctrlgen.core.errors import JobError
 
 REF_PREFIX = "sha256:"
 HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelFormatError
-from ctrlgen.core.specs import WeightFile
+from ctrlgen.core.models import annotators
+from ctrlgen.core.plugins.specs import WeightFile
 
 OWNER = "depth_anything_v2"
 SIZES = ("small", "base", "large")

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelFormatError
 from ctrlgen.core.images import detection_size, resize
-from ctrlgen.core.specs import WeightFile
+from ctrlgen.core.models import annotators
+from ctrlgen.core.plugins.specs import WeightFile
 
 log = logging.getLogger(__name__)
 

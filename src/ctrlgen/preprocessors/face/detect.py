@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctrlgen.core.errors import ModelFormatError
-from ctrlgen.core.specs import WeightFile
+from ctrlgen.core.plugins.specs import WeightFile
 
 SCRFD = WeightFile(
     "antelopev2/scrfd_10g_bnkps.onnx",

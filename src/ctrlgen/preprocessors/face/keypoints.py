@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import importlib.util
 
-from ctrlgen.core.annotators import loaded, torch_device, unloader, weight_path
 from ctrlgen.core.errors import CtrlgenError, ModelNotFoundError
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec, PreprocessResult
-
-from ._face import SCRFD, detect_mediapipe, detect_scrfd, draw_kps, load_mediapipe_detector, load_scrfd
+from ctrlgen.core.models.annotators import loaded, torch_device, unloader, weight_path
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec, PreprocessResult
+from ctrlgen.preprocessors.face.detect import (
+    SCRFD,
+    detect_mediapipe,
+    detect_scrfd,
+    draw_kps,
+    load_mediapipe_detector,
+    load_scrfd,
+)
 
 OWNER = "face_keypoints"
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ctrlgen.core import annotators
 from ctrlgen.core.errors import ModelFormatError
 from ctrlgen.core.images import detection_size, resize
-from ctrlgen.core.specs import Param, WeightFile
+from ctrlgen.core.models import annotators
+from ctrlgen.core.plugins.specs import Param, WeightFile
 
 INVERT = Param("invert", "bool", default=False,
                description="Black lines on white (for sketch-style models) instead of white on black")

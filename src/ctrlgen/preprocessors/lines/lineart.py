@@ -18,12 +18,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ctrlgen.core.annotators import unloader
 from ctrlgen.core.images import DETECT_RESOLUTION
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec, WeightFile
-
-from ._lines import (
+from ctrlgen.core.models.annotators import unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec, WeightFile
+from ctrlgen.preprocessors.lines.common import (
     INVERT,
     NETWORK_REQUIRES,
     annotator_weight,
@@ -63,7 +62,7 @@ def _anime_unet(state):
 
 
 def _manga_line(state):
-    from ._lines_manga import build_manga_line_network
+    from ctrlgen.preprocessors.lines.manga import build_manga_line_network
 
     return build_manga_line_network(state)
 

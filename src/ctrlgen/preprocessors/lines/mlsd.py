@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctrlgen.core.annotators import unloader
 from ctrlgen.core.images import DETECT_RESOLUTION
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec, PreprocessResult
-
-from ._lines import (
+from ctrlgen.core.models.annotators import unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec, PreprocessResult
+from ctrlgen.preprocessors.lines.common import (
     NETWORK_REQUIRES,
     annotator_weight,
     detector_input,

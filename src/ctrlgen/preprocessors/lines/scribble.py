@@ -12,13 +12,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ctrlgen.core.annotators import unloader
 from ctrlgen.core.images import DETECT_RESOLUTION
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec
-
-from ._lines import NETWORK_REQUIRES, detector_input, network_owner, output_map, scribble_from_edges
-from ._lines_softedge import HED_WEIGHT, PIDINET_WEIGHT, hed_edges, pidinet_edges
+from ctrlgen.core.models.annotators import unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec
+from ctrlgen.preprocessors.lines.common import (
+    NETWORK_REQUIRES,
+    detector_input,
+    network_owner,
+    output_map,
+    scribble_from_edges,
+)
+from ctrlgen.preprocessors.lines.softedge_networks import HED_WEIGHT, PIDINET_WEIGHT, hed_edges, pidinet_edges
 
 SAFE = Param("safe", "bool", default=False,
              description="Quantise the soft edges before tracing strokes (fewer strokes from faint texture)")

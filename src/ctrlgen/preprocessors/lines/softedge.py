@@ -10,13 +10,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ctrlgen.core.annotators import unloader
 from ctrlgen.core.images import DETECT_RESOLUTION
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import PreprocessorSpec
-
-from ._lines import NETWORK_REQUIRES, network_owner, output_map
-from ._lines_softedge import HED_WEIGHT, PIDINET_WEIGHT, hed_edges, pidinet_edges
+from ctrlgen.core.models.annotators import unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import PreprocessorSpec
+from ctrlgen.preprocessors.lines.common import NETWORK_REQUIRES, network_owner, output_map
+from ctrlgen.preprocessors.lines.softedge_networks import HED_WEIGHT, PIDINET_WEIGHT, hed_edges, pidinet_edges
 
 PARAMS = (DETECT_RESOLUTION,)
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._lines import annotator_weight, detector_input, load_network, safe_step, tensor_device
+from ctrlgen.preprocessors.lines.common import (
+    annotator_weight,
+    detector_input,
+    load_network,
+    safe_step,
+    tensor_device,
+)
 
 HED_WEIGHT = annotator_weight("ControlNetHED.pth")
 PIDINET_WEIGHT = annotator_weight("table5_pidinet.pth")

@@ -3,7 +3,7 @@
 A YOLOX person detector (``yolox_l.onnx``) finds people; the DWPose estimator
 (``dw-ll_ucoco_384.onnx``) gives each 133 whole-body keypoints, converted to OpenPose's
 18 body, 2×21 hand and 70 face points. The pre- and post-processing is ctrlgen's own
-(:mod:`ctrlgen.preprocessors._dwpose`), with the thresholds sd-webui-controlnet uses.
+(:mod:`ctrlgen.preprocessors.pose.dwpose_onnx`), with the thresholds sd-webui-controlnet uses.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import threading
 
 import numpy as np
 
-from ctrlgen.core.annotators import loaded, unloader, weight_path
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec, WeightFile
-
-from ._pose import line_scale_for, pose_result
+from ctrlgen.core.models.annotators import loaded, unloader, weight_path
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec, WeightFile
+from ctrlgen.preprocessors.pose.openpose_json import line_scale_for, pose_result
 
 OWNER = "dw_openpose_full"
 DETECTOR = WeightFile("yolox_l.onnx", source="yzd-v/DWPose")
@@ -39,7 +38,7 @@ def _device() -> str:
 
 
 def _sessions():
-    from ._dwpose import session
+    from ctrlgen.preprocessors.pose.dwpose_onnx import session
 
     def load():
         device = _device()
@@ -50,7 +49,7 @@ def _sessions():
 
 def detect_people(image: np.ndarray, detect_resolution: int):
     """DWPose people in an RGB ``uint8`` image: ``(people, detect_width, detect_height)``."""
-    from ._dwpose import estimate, person_boxes, to_people
+    from ctrlgen.preprocessors.pose.dwpose_onnx import estimate, person_boxes, to_people
 
     height, width = image.shape[:2]
     det_w, det_h = detection_size(width, height, detect_resolution)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._pose import Person
+from ctrlgen.preprocessors.pose.openpose_json import Person
 
 DETECTOR_SIZE = 640
 STRIDES = (8, 16, 32)

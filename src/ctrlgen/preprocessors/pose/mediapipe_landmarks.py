@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._pose import Person
+from ctrlgen.preprocessors.pose.openpose_json import Person
 
 NECK = -1
 # OpenPose body index -> mediapipe Pose landmark (NECK: the shoulders' midpoint).
@@ -109,7 +109,7 @@ def find_faces(models: Models, image: np.ndarray, min_confidence: float) -> list
             scores.append(detection.score[0])
     if not found:
         return []
-    from ._dwpose import nms
+    from ctrlgen.preprocessors.pose.dwpose_onnx import nms
 
     boxes = np.array(found)
     kept = [boxes[i] for i in nms(boxes, np.array(scores), 0.3)]

@@ -5,7 +5,7 @@ mediapipe Pose (``model_complexity=1``), Hands and FaceMesh ship their weights i
 no download. Their landmarks are converted to OpenPose's 18-point body (neck = the
 shoulders' midpoint), 21-point hands and 70-point face and drawn in the standard OpenPose
 colours, so the openpose ControlNets read it. Several people are found face by face
-(``max_people``); see :mod:`ctrlgen.preprocessors._mediapipe_pose`.
+(``max_people``); see :mod:`ctrlgen.preprocessors.pose.mediapipe_landmarks`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import threading
 
 import numpy as np
 
-from ctrlgen.core.annotators import loaded, unloader
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec
-
-from ._pose import line_scale_for, pose_result
+from ctrlgen.core.models.annotators import loaded, unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec
+from ctrlgen.preprocessors.pose.openpose_json import line_scale_for, pose_result
 
 OWNER = "mediapipe_openpose"
 PARAMS = (
@@ -36,7 +35,7 @@ _lock = threading.Lock()  # mediapipe graphs are not safe to run from two thread
 
 
 def _models():
-    from ._mediapipe_pose import Models
+    from ctrlgen.preprocessors.pose.mediapipe_landmarks import Models
 
     return loaded(OWNER, Models, key="graphs")
 
@@ -44,7 +43,7 @@ def _models():
 def detect_people(image: np.ndarray, *, detect_resolution: int, max_people: int, min_confidence: float,
                   hands: bool, face: bool):
     """People in an RGB ``uint8`` image: ``(people, detect_width, detect_height)``."""
-    from ._mediapipe_pose import detect
+    from ctrlgen.preprocessors.pose.mediapipe_landmarks import detect
 
     height, width = image.shape[:2]
     det_w, det_h = detection_size(width, height, detect_resolution, multiple=8)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ctrlgen.core.errors import CtrlgenError
-from ctrlgen.core.specs import PreprocessResult
+from ctrlgen.core.plugins.specs import PreprocessResult
 
 Point = tuple[float, float] | None
 

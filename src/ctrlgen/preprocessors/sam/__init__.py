@@ -15,14 +15,20 @@ from dataclasses import replace
 
 import numpy as np
 
-from ctrlgen.core.annotators import load_weights, loaded, torch_device, unloader, weight_path
 from ctrlgen.core.errors import ParamError
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec, PreprocessResult
-
-from ._sam import ANY_SAM, MODEL_CHOICES, SAM_WEIGHTS, build_sam, parse_box, parse_points
-from ._seg_palettes import distinct_colors
+from ctrlgen.core.models.annotators import load_weights, loaded, torch_device, unloader, weight_path
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec, PreprocessResult
+from ctrlgen.preprocessors.sam.model import (
+    ANY_SAM,
+    MODEL_CHOICES,
+    SAM_WEIGHTS,
+    build_sam,
+    parse_box,
+    parse_points,
+)
+from ctrlgen.preprocessors.segmentation.palettes import distinct_colors
 
 OWNER = "sam"
 _LOCK = threading.RLock()  # one predictor holds one image embedding at a time

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from ctrlgen.core.errors import ModelFormatError, ParamError
-from ctrlgen.core.specs import WeightFile
+from ctrlgen.core.plugins.specs import WeightFile
 
 SOURCE = "ybelkada/segment-anything"  # checkpoints/ holds Meta's files under their own names
 SAM_FILES = {

@@ -13,10 +13,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ctrlgen.core.annotators import loaded, unloader
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec, PreprocessResult
+from ctrlgen.core.models.annotators import loaded, unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec, PreprocessResult
 
 OWNER = "mediapipe_selfie"
 _LOCK = threading.Lock()  # a MediaPipe graph runs one image at a time

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ctrlgen.core.annotators import loaded, torch_device, weight_path
 from ctrlgen.core.errors import ModelFormatError
-from ctrlgen.core.specs import WeightFile
+from ctrlgen.core.models.annotators import loaded, torch_device, weight_path
+from ctrlgen.core.plugins.specs import WeightFile
 
 
 @dataclass(frozen=True)

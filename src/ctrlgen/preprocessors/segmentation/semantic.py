@@ -16,13 +16,18 @@ from dataclasses import replace
 
 import numpy as np
 
-from ctrlgen.core.annotators import unloader
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import PreprocessorSpec, PreprocessResult
-
-from ._seg_models import ONEFORMER_ADE20K, ONEFORMER_COCO, UPERNET_ADE20K, SegModel, segment
-from ._seg_palettes import colorize
+from ctrlgen.core.models.annotators import unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import PreprocessorSpec, PreprocessResult
+from ctrlgen.preprocessors.segmentation.networks import (
+    ONEFORMER_ADE20K,
+    ONEFORMER_COCO,
+    UPERNET_ADE20K,
+    SegModel,
+    segment,
+)
+from ctrlgen.preprocessors.segmentation.palettes import colorize
 
 PARAMS = (replace(DETECT_RESOLUTION, default=512),)
 
