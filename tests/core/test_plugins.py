@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from ctrlgen.core import plugins
-from ctrlgen.core.cli import main
+from ctrlgen.core.cli.main import main
+from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import PluginError
-from ctrlgen.core.preprocess import preprocess
+from ctrlgen.core.plugins import manager as plugins
 
 POSTERIZE = """
 import numpy as np
@@ -150,7 +150,7 @@ def ctrlgen_job_event(event):
     raise ValueError('observer bug')
 """
     make_distribution("ctrlgen-observer", "0.1", {"observer": "cg_observer"}, {"cg_observer": observer})
-    from ctrlgen.core.events import JobEvent
+    from ctrlgen.core.plugins.events import JobEvent
 
     plugins.emit_event(JobEvent("j1", "started"))
     import cg_observer
@@ -193,7 +193,7 @@ def test_plugins_json_reports_conflicts_with_exit_code(make_distribution, capsys
 
 
 def test_manager_is_lazy_and_cached(fresh_plugins):
-    code = "import ctrlgen, ctrlgen.core.plugins as p; print(p._host is None)"
+    code = "import ctrlgen, ctrlgen.core.plugins.manager as p; print(p._host is None)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
     assert plugins.get_plugin_manager() is plugins.get_plugin_manager()
@@ -202,7 +202,7 @@ def test_manager_is_lazy_and_cached(fresh_plugins):
 @pytest.mark.parametrize("argv", [["--help"], ["plugins", "--all"], ["plugins", "--json"]])
 def test_cli_does_not_import_torch(argv):
     code = (
-        "import sys\nfrom ctrlgen.core.cli import main\n"
+        "import sys\nfrom ctrlgen.core.cli.main import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'diffusers' not in sys.modules\nprint('ok')\n"
@@ -210,3 +210,53 @@ def test_cli_does_not_import_torch(argv):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+HELLO_COMMAND = """
+from ctrlgen import hookimpl
+
+def run(args):
+    print("hello", args.name)
+    return 7
+
+@hookimpl
+def ctrlgen_cli_commands(subparsers):
+    p = subparsers.add_parser("hello", help="say hello")
+    p.add_argument("name")
+    p.set_defaults(func=run)
+"""
+
+SERVE_THIEF = """
+from ctrlgen import hookimpl
+
+@hookimpl
+def ctrlgen_cli_commands(subparsers):
+    subparsers.add_parser("serve", help="not the real server").set_defaults(func=lambda args: 99)
+"""
+
+
+def test_a_plugin_adds_a_command(make_distribution, capsys):
+    make_distribution("ctrlgen-hello", "1.0", {"hello": "cg_hello"}, {"cg_hello": HELLO_COMMAND})
+    assert main(["hello", "world"]) == 7
+    assert capsys.readouterr().out == "hello world\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "say hello" in capsys.readouterr().out
+
+
+def test_a_plugin_cannot_take_a_builtin_command(make_distribution, capsys):
+    make_distribution("ctrlgen-thief", "1.0", {"thief": "cg_thief"}, {"cg_thief": SERVE_THIEF})
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    assert "not the real server" not in capsys.readouterr().out
+    info = plugins.get_host().infos["thief"]
+    assert any("ctrlgen_cli_commands" in error and "serve" in error for error in info.errors), info.errors
+    assert main(["config-dir"]) == 0  # everything else works
+
+
+def test_builtin_commands_come_from_the_hook(fresh_plugins):
+    infos = plugins.get_host().infos
+    for module in ("ctrlgen.host_bridges.server.cli", "ctrlgen.host_bridges.client_cli",
+                   "ctrlgen.host_bridges.install_cli", "ctrlgen.preprocessors.pose.openpose"):
+        assert "ctrlgen_cli_commands" in infos[module].hooks, module

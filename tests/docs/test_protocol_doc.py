@@ -28,7 +28,7 @@ live_server = _fixtures.live_server
 
 DOC = ROOT / "docs" / "protocol.md"
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.M | re.S)
-SERVER_SOURCES = sorted((ROOT / "src" / "ctrlgen" / "host_bridges").glob("*server*.py"))
+SERVER_SOURCES = sorted((ROOT / "src" / "ctrlgen" / "host_bridges" / "server").glob("*.py"))
 
 
 def test_examples_run_against_a_live_server(live_server, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ctrlgen.core.cli import main
+from ctrlgen.core.cli.main import main
 from ctrlgen.host_bridges.client import Client, RawImage
 
 
@@ -129,15 +129,19 @@ def test_errors_are_reported_not_raised(live_server, tmp_path, capsys):
 
 def test_capabilities_through_the_installed_command(live_server):
     env = dict(os.environ, CTRLGEN_CONFIG_DIR=str(live_server.config_dir))
-    done = subprocess.run([sys.executable, "-m", "ctrlgen.core.cli", "client", "capabilities", "--json"],
+    done = subprocess.run([sys.executable, "-m", "ctrlgen.core.cli.main", "client", "capabilities", "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert live_server.model in {m["name"] for m in json.loads(done.stdout)["models"]}
 
 
 def test_client_help_does_not_import_heavy_modules():
-    code = ("import sys; from ctrlgen.core.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'PIL', 'numpy', 'diffusers') if m in sys.modules))")
+    # Building the parser loads the plugins (their ctrlgen_cli_commands hooks add serve, client,
+    # install, render-pose), and plugin modules use numpy; nothing that runs models or serves
+    # HTTP may load before a command runs.
+    heavy = ('torch', 'PIL', 'diffusers', 'transformers', 'cv2', 'fastapi', 'uvicorn', 'controlnet_aux')
+    code = ("import sys; from ctrlgen.core.cli.main import build_parser; build_parser(); "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

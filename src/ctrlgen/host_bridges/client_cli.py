@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ctrlgen.core.plugins.manager import hookimpl
+
 from ..core.errors import CtrlgenError
 
 
@@ -261,3 +263,8 @@ def _progress(quiet: bool):
             print(f"\n{event.kind}", file=sys.stderr)
 
     return on_event
+
+
+@hookimpl
+def ctrlgen_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    add_commands(subparsers)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ctrlgen.core.plugins.manager import hookimpl
+
 from ..core.errors import CtrlgenError
 
 _KRITA_ONLY = ("kritarc", "no_enable")
 
 
 def _bridge(args: argparse.Namespace):
-    from ..core.plugins import get_registry
+    from ctrlgen.core.plugins.manager import get_registry
 
     spec = get_registry("host_bridges").get(args.host)  # unknown → names the hosts there are
     given = [name for name in _KRITA_ONLY if getattr(args, name, None)]
@@ -83,3 +85,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--no-enable", action="store_true",
                            help="Krita only: copy only; enable it in Krita's plugin manager")
         p.set_defaults(func=func)
+
+
+@hookimpl
+def ctrlgen_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    add_commands(subparsers)

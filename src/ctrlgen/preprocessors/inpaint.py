@@ -16,8 +16,8 @@ import numpy as np
 
 from ctrlgen.core.errors import ImageError
 from ctrlgen.core.images import resize, to_mask
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import PreprocessorSpec, PreprocessResult
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import PreprocessorSpec, PreprocessResult
 
 HINT_CONVENTION = "masked_minus_one"
 MASK_THRESHOLD = 0.5  # fraction of 255 above which a mask pixel counts as masked (diffusers, sd-webui)
@@ -65,10 +65,10 @@ def run_inpaint(image: np.ndarray, mask: np.ndarray | None = None) -> Preprocess
 
 @hookimpl
 def ctrlgen_preprocessors():
-    yield PreprocessorSpec(
-        name="inpaint",
-        run=run_inpaint,
-        family="inpaint",
-        description="ControlNet inpaint hint: the picture with the masked pixels marked (needs a mask; "
-                    "the engine turns them into -1)",
-    )
+    description = ("ControlNet inpaint hint: the picture with the masked pixels marked (needs a mask; "
+                   "the engine turns them into -1)")
+    yield PreprocessorSpec(name="inpaint", run=run_inpaint, family="inpaint", description=description,
+                           hint_from_job=True)
+    # sd-webui-controlnet's name for the same hint, so its job settings carry over
+    yield PreprocessorSpec(name="inpaint_only", run=run_inpaint, family="inpaint",
+                           description="the same as inpaint (sd-webui-controlnet's name)", hint_from_job=True)

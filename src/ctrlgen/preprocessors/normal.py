@@ -13,10 +13,16 @@ import math
 import numpy as np
 
 from ctrlgen.core.images import DETECT_RESOLUTION
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec
-from ctrlgen.preprocessors import _depth
-from ctrlgen.preprocessors._depth import MIDAS, NORMAL_BAE, detector_input, run_detector, to_input_size
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec
+from ctrlgen.preprocessors.depth import networks
+from ctrlgen.preprocessors.depth.networks import (
+    MIDAS,
+    NORMAL_BAE,
+    detector_input,
+    run_detector,
+    to_input_size,
+)
 
 MIDAS_NORMAL_PARAMS = (
     DETECT_RESOLUTION,
@@ -34,7 +40,7 @@ def run_normal_bae(image: np.ndarray, mask: np.ndarray | None = None, *,
     from controlnet_aux.normalbae import NormalBaeDetector
 
     height, width = image.shape[:2]
-    detector = NormalBaeDetector(_depth.load("normal_bae", NORMAL_BAE, _depth.build_normal_bae))
+    detector = NormalBaeDetector(networks.load("normal_bae", NORMAL_BAE, networks.build_normal_bae))
     normal = run_detector(detector, detector_input(image, detect_resolution))
     return to_input_size(normal, width, height)
 
@@ -44,7 +50,7 @@ def run_normal_midas(image: np.ndarray, mask: np.ndarray | None = None, *, detec
     from controlnet_aux.midas import MidasDetector
 
     height, width = image.shape[:2]
-    detector = MidasDetector(_depth.load("normal_midas", MIDAS, _depth.build_midas))
+    detector = MidasDetector(networks.load("normal_midas", MIDAS, networks.build_midas))
     _, normal = run_detector(detector, detector_input(image, detect_resolution), a=a, bg_th=bg_threshold,
                              depth_and_normal=True)
     return to_input_size(normal, width, height)
@@ -59,8 +65,8 @@ def ctrlgen_preprocessors():
         family="normal",
         description="Surface normal map from BAE (NNET trained on ScanNet), RGB = (n + 1) / 2",
         weights=(NORMAL_BAE,),
-        requires=_depth.REQUIRES,
-        unload=_depth.unload_files(NORMAL_BAE),
+        requires=networks.REQUIRES,
+        unload=networks.unload_files(NORMAL_BAE),
     )
     yield PreprocessorSpec(
         name="normal_midas",
@@ -69,6 +75,6 @@ def ctrlgen_preprocessors():
         family="normal",
         description="Normal map from the MiDaS depth gradient (the ControlNet 1.0 normal model's input)",
         weights=(MIDAS,),
-        requires=_depth.REQUIRES,
-        unload=_depth.unload_files(MIDAS),
+        requires=networks.REQUIRES,
+        unload=networks.unload_files(MIDAS),
     )

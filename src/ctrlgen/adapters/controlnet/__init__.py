@@ -2,7 +2,7 @@
 
 Several units per job; each brings a ControlNet model, a control map, a weight, the fraction
 of the steps it acts in and a control mode (sd-webui-controlnet's balanced / my prompt is more
-important / ControlNet is more important, see :mod:`ctrlgen.adapters._controlnet_modes`).
+important / ControlNet is more important, see :mod:`ctrlgen.adapters.controlnet.modes`).
 The pipeline is swapped for a job-local ControlNet view (``tasks.pipeline_view``) so the cached base
 pipeline is never modified.
 
@@ -12,7 +12,7 @@ pipeline is never modified.
   that the inpaint pipeline gets. The hint goes to diffusers as a float tensor: its ControlNet
   image processor does not normalise, so -1 arrives as -1.
 * **SDXL union ControlNets** (``ControlNetUnionModel``): each unit has a ``control_type``
-  (:mod:`ctrlgen.adapters._controlnet_union`). Units that share one union model run as one
+  (:mod:`ctrlgen.adapters.controlnet.union`). Units that share one union model run as one
   multi-condition pass (diffusers' ``control_image`` + ``control_mode`` lists); units on
   different union models run side by side (``MultiControlNetUnionModel``). Union and regular
   ControlNets cannot be mixed in one job: diffusers has no pipeline for that.
@@ -23,11 +23,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ctrlgen.adapters._controlnet_inpaint import INPAINT_PREPROCESSORS, is_inpaint_preprocessor  # noqa: F401
-from ctrlgen.adapters._controlnet_modes import CONTROL_MODES, ControlModeParam
-from ctrlgen.adapters._controlnet_union import CONTROL_TYPE_CHOICES
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import AdapterSpec, Param
+from ctrlgen.adapters.controlnet.modes import CONTROL_MODES, ControlModeParam
+from ctrlgen.adapters.controlnet.union import CONTROL_TYPE_CHOICES
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import AdapterSpec, Param
 
 PARAMS = (
     Param("weight", "float", default=1.0, min=0.0, max=2.0, step=0.05,
@@ -70,7 +69,7 @@ def attach_controlnet(context, units):
             f"union ControlNets ({names}) cannot run with regular ControlNets in one job (diffusers has no "
             "pipeline for both); use the union model for every unit, or only regular ControlNets"
         )
-    from ctrlgen.adapters._controlnet_inpaint import control_images
+    from ctrlgen.adapters.controlnet.inpaint import control_images
 
     images = control_images(context, units, union_kind=all(union))
     original_pipeline, original_kwargs = context.pipeline, dict(context.call_kwargs)
@@ -78,7 +77,7 @@ def attach_controlnet(context, units):
         controlnet, kwargs = _union_controlnet(context, units, images)
     else:
         controlnet, kwargs = _regular_controlnet(context, units, images)
-    from ctrlgen.core.tasks import pipeline_class, pipeline_view
+    from ctrlgen.core.engine.tasks import pipeline_class, pipeline_view
 
     kind = "union" if all(union) else True
     context.pipeline = pipeline_view(pipeline_class(context.architecture, context.job.task, controlnet=kind),
@@ -103,7 +102,7 @@ def _has_uncond_half(context):
 
 
 def _moded(context, unit, model):
-    from ctrlgen.adapters._controlnet_modes import with_control_mode
+    from ctrlgen.adapters.controlnet.modes import with_control_mode
 
     return with_control_mode(model, unit.params["control_mode"], _has_uncond_half(context))
 
@@ -111,7 +110,7 @@ def _moded(context, unit, model):
 def _regular_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-    from ctrlgen.core.tasks import control_image_key
+    from ctrlgen.core.engine.tasks import control_image_key
 
     nets = [_moded(context, u, context.engine.load_controlnet(u.model_entry, context.architecture)) for u in units]
     single = len(units) == 1
@@ -127,7 +126,7 @@ def _regular_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
 def _union_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
     from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
 
-    from ctrlgen.adapters._controlnet_union import resolve_control_type
+    from ctrlgen.adapters.controlnet.union import resolve_control_type
     from ctrlgen.core.errors import JobError
 
     models = [context.engine.load_controlnet(u.model_entry, context.architecture) for u in units]

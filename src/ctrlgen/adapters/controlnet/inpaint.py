@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-INPAINT_PREPROCESSORS = ("inpaint", "inpaint_only")
-"""Preprocessors whose hint the ControlNet adapter builds itself from the job's image and mask."""
-
 
 def is_inpaint_preprocessor(name: str) -> bool:
-    return name.strip().lower() in INPAINT_PREPROCESSORS
+    """Whether the unit's preprocessor asks for the hint built from the job's image and mask
+    (its spec's ``hint_from_job``: ``inpaint``, ``inpaint_only``)."""
+    from ctrlgen.core.plugins.manager import get_registry
+
+    registry = get_registry("preprocessors")
+    return name in registry and registry.get(name).hint_from_job
 
 
 def control_images(context, units, union_kind: bool) -> list[Any]:
     """Each unit's control image at the generation size: PIL maps, or the inpaint hint."""
-    from ctrlgen.core.engine import fit_control
+    from ctrlgen.core.engine.engine import fit_control
     from ctrlgen.core.errors import JobError
 
     frame = getattr(context, "inpaint_frame", None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import cache_dir
+from ctrlgen.core.config import cache_dir
 
 TINY_NOTE = (
     "Note: the demo model is a tiny network with random weights, so the result is noise, not a "
@@ -25,7 +25,7 @@ TINY_NOTE = (
 
 
 def sample_photo_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "assets" / "sample.jpg"
+    return Path(__file__).resolve().parents[2] / "assets" / "sample.jpg"  # ctrlgen/assets
 
 
 def tiny_model_root() -> tuple[Path, str, str]:
@@ -41,16 +41,16 @@ def run_demo(out: Path, steps: int = 12, size: int = 256, device: str | None = N
              model: str | None = None, controlnet: str | None = None, seed: int = 1234) -> dict[str, Path]:
     from PIL import Image
 
-    from .engine import Engine
-    from .jobs import parse_job
-    from .models import ModelStore
-    from .sheet import contact_sheet
-    from .specs import ModelRoot
+    from ctrlgen.core.cli.sheet import contact_sheet
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.engine.jobs import parse_job
+    from ctrlgen.core.models.store import ModelStore
+    from ctrlgen.core.plugins.specs import ModelRoot
 
     tiny = model is None
     if tiny:
         if controlnet is not None:
-            from .errors import CtrlgenError
+            from ctrlgen.core.errors import CtrlgenError
 
             raise CtrlgenError("--controlnet needs --model too (the tiny demo model has its own ControlNet)")
         print("Preparing the tiny demo model (first run only)...")
@@ -59,7 +59,7 @@ def run_demo(out: Path, steps: int = 12, size: int = 256, device: str | None = N
     else:
         store = ModelStore.from_settings()
         if controlnet is None:
-            from .errors import CtrlgenError
+            from ctrlgen.core.errors import CtrlgenError
 
             raise CtrlgenError("--model needs --controlnet too: the demo is a canny ControlNet generation")
     out.mkdir(parents=True, exist_ok=True)
@@ -79,9 +79,9 @@ def run_demo(out: Path, steps: int = 12, size: int = 256, device: str | None = N
                      "preprocessor_params": {"low_threshold": 100, "high_threshold": 200}}],
     })
     engine = Engine(store=store, device=device)
-    from .cli import _progress_printer
+    from ctrlgen.core.cli.progress import progress_printer
 
-    result = engine.run(job, on_event=_progress_printer(quiet=False))
+    result = engine.run(job, on_event=progress_printer(quiet=False))
     source = np.asarray(Image.open(photo).convert("RGB"))
     paths = {
         "input": out / "input.png",

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import CtrlgenError
+from ctrlgen.core.errors import CtrlgenError
 
 
 def _print_json(data: Any) -> None:
@@ -22,7 +22,7 @@ def _print_json(data: Any) -> None:
 
 # -- plugins -------------------------------------------------------------------------
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import get_host
+    from ctrlgen.core.plugins.manager import get_host
 
     host = get_host()
     conflicts = host.registry_errors()
@@ -49,7 +49,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 # -- models ----------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import ModelStore
+    from ctrlgen.core.models.store import ModelStore
 
     store = ModelStore.from_settings()
     entries = store.scan(refresh=True)
@@ -77,8 +77,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from .config import load_settings
-    from .pull import pull
+    from ctrlgen.core.config import load_settings
+    from ctrlgen.core.models.pull import pull
 
     paths = pull(args.repo, args.files or (), revision=args.revision)
     for path in paths:
@@ -103,12 +103,12 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .engine import read_image
+    from ctrlgen.core.engine.engine import read_image
 
     if args.sheet:
         if len(args.paths) != 2:
             raise CtrlgenError("usage: ctrlgen preprocess --sheet IN OUT.png")
-        from .sheet import preprocessor_sheet
+        from ctrlgen.core.cli.sheet import preprocessor_sheet
 
         image = read_image(args.paths[0], "input image")
         sheet, ran, skipped = preprocessor_sheet(image, cell=args.cell)
@@ -122,7 +122,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         return 0
     if len(args.paths) != 3:
         raise CtrlgenError("usage: ctrlgen preprocess NAME IN OUT [--param NAME=VALUE ...]")
-    from .preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
 
     name, source, output = args.paths
     image = read_image(source, "input image")
@@ -139,7 +139,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def read_mask(path: str, image) -> Any:
     from PIL import Image, UnidentifiedImageError
 
-    from .images import to_mask
+    from ctrlgen.core.images import to_mask
 
     try:
         with Image.open(path) as mask:
@@ -151,50 +151,15 @@ def read_mask(path: str, image) -> Any:
         raise CtrlgenError(f"mask {path} is not an image PIL can read") from None
 
 
-def cmd_render_pose(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from ctrlgen.preprocessors.openpose import render_openpose
-
-    try:
-        text = Path(args.pose).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CtrlgenError(f"cannot read pose file {args.pose}: {exc.strerror}") from None
-    image = render_openpose(text, args.width, args.height, body=not args.no_body, hands=not args.no_hands,
-                            face=not args.no_face)
-    Image.fromarray(image).save(args.output)
-    print(f"wrote {args.output} ({image.shape[1]}×{image.shape[0]})")
-    return 0
-
-
 # -- generate -----------------------------------------------------------------------------
-def _progress_printer(quiet: bool):
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def on_event(event) -> None:
-        if quiet:
-            return
-        if event.kind == "progress":
-            bar = bars.get("bar")
-            if bar is None:
-                bar = bars["bar"] = tqdm(total=event.data["total"], unit="step", desc="generating")
-            bar.n = event.data["step"]
-            bar.refresh()
-        elif event.kind in ("finished", "error", "cancelled") and "bar" in bars:
-            bars.pop("bar").close()
-
-    return on_event
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .jobs import load_job
+    from ctrlgen.core.cli.progress import progress_printer
+    from ctrlgen.core.engine.engine import Engine
+    from ctrlgen.core.engine.jobs import load_job
 
     job = load_job(args.job)
     engine = Engine(device=args.device, precision=args.precision, memory=args.memory, vae_tiling=args.vae_tiling)
-    result = engine.run(job, on_event=_progress_printer(args.quiet))
+    result = engine.run(job, on_event=progress_printer(args.quiet))
     paths = result.save(Path(args.out), stem=Path(args.job).stem)
     if args.json:
         _print_json({"outputs": [str(p) for p in paths], "seeds": result.seeds})
@@ -205,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ctrlgen.core.cli.demo import run_demo
 
     run_demo(Path(args.out), steps=args.steps, size=args.size, device=args.device,
              model=args.model, controlnet=args.controlnet, seed=args.seed)
@@ -213,14 +178,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config_dir(args: argparse.Namespace) -> int:
-    from .config import config_dir
+    from ctrlgen.core.config import config_dir
 
     print(config_dir())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ctrlgen import __version__
+    from ctrlgen._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="ctrlgen",
@@ -258,16 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result's data as JSON")
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("render-pose", help="draw an (edited) OpenPose JSON as an openpose control map")
-    p.add_argument("pose", help="OpenPose JSON, as `ctrlgen preprocess openpose_full ... --json` prints in data")
-    p.add_argument("output", help="output PNG")
-    p.add_argument("--width", type=int, help="output width (default: the JSON's canvas_width)")
-    p.add_argument("--height", type=int, help="output height (default: the JSON's canvas_height)")
-    p.add_argument("--no-body", action="store_true", help="leave out the body")
-    p.add_argument("--no-hands", action="store_true", help="leave out the hands")
-    p.add_argument("--no-face", action="store_true", help="leave out the face")
-    p.set_defaults(func=cmd_render_pose)
-
     p = sub.add_parser("generate", help="run a job file (JOB.json) and write PNGs")
     p.add_argument("job", help="job file (see docs/jobs.md)")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
@@ -293,12 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-dir", help="print ctrlgen's configuration folder")
     p.set_defaults(func=cmd_config_dir)
 
-    # Host-bridge commands (serve, client, install) live with the bridges; each module adds
-    # its subcommands and imports nothing heavy until one runs.
-    from ..host_bridges import client_cli, krita_cli, server_cli
+    # Plugins add their commands (serve, client, install and render-pose are built-in
+    # plugins); each imports nothing heavy until its command runs. They are asked in load
+    # order, built-ins first, so a third-party plugin cannot take a built-in command's name:
+    # its hook fails on the conflict and is recorded against it (`ctrlgen plugins`).
+    from ctrlgen.core.plugins.manager import get_plugin_manager
 
-    for module in (server_cli, client_cli, krita_cli):
-        module.add_commands(sub)
+    for impl in get_plugin_manager().hook.ctrlgen_cli_commands.get_hookimpls():
+        impl.function(**{name: sub for name in impl.argnames})
     return parser
 
 
@@ -309,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        from .plugins import startup
+        from ctrlgen.core.plugins.manager import startup
 
         if args.command != "plugins":
             startup()

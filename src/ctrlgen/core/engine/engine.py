@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CancelledError, CtrlgenError, ImageError, JobError
-from .events import JobEvent
-from .images import fit, pixel_perfect_resolution, to_rgb
-from .jobs import Job
-from .plugins import emit_event, get_registry
-from .specs import validate_params
+from ctrlgen.core.engine.jobs import Job
+from ctrlgen.core.errors import CancelledError, CtrlgenError, ImageError, JobError
+from ctrlgen.core.images import fit, pixel_perfect_resolution, to_rgb
+from ctrlgen.core.plugins.events import JobEvent
+from ctrlgen.core.plugins.manager import emit_event, get_registry
+from ctrlgen.core.plugins.specs import validate_params
 
 # Reads one image reference of a job (``(reference, what) -> uint8 array``: H×W grey, H×W×3
 # RGB or H×W×4 RGBA). The default reads files; the server resolves its uploads.
@@ -56,7 +56,7 @@ class GenerationContext:
     control_maps: list[np.ndarray] = field(default_factory=list)
     # Where the job's image references are read from (files by default; the server's uploads).
     image_source: ImageSource | None = None
-    # Inpaint jobs: ctrlgen.core.tasks.InpaintFrame (canvas, mask, region), for adapters' maps.
+    # Inpaint jobs: ctrlgen.core.engine.tasks.InpaintFrame (canvas, mask, region), for adapters' maps.
     inpaint_frame: Any = None
 
     @property
@@ -153,9 +153,9 @@ class Engine:
                  memory: str | None = None, vae_tiling: str | None = None) -> None:
         """``device`` (auto, cpu, cuda[:N], mps), ``precision`` (auto, float16, bfloat16, float32),
         ``memory`` (auto, none, model_offload, sequential_offload) and ``vae_tiling`` (auto, on,
-        off) default to the settings (config.toml, ``CTRLGEN_*``); see :mod:`ctrlgen.core.memory`."""
-        from .config import load_settings
-        from .memory import check_modes
+        off) default to the settings (config.toml, ``CTRLGEN_*``); see :mod:`ctrlgen.core.engine.memory`."""
+        from ctrlgen.core.config import load_settings
+        from ctrlgen.core.engine.memory import check_modes
 
         settings = load_settings()
         self.settings = settings
@@ -175,7 +175,7 @@ class Engine:
     @property
     def store(self):
         if self._store is None:
-            from .models import ModelStore
+            from ctrlgen.core.models.store import ModelStore
 
             self._store = ModelStore.from_settings(self.settings)
         return self._store
@@ -183,7 +183,7 @@ class Engine:
     @property
     def device(self):
         if self._device is None:
-            from .device import choose_device
+            from ctrlgen.core.models.device import choose_device
 
             self._device = choose_device(self._device_preference, self._precision)
         return self._device
@@ -196,7 +196,8 @@ class Engine:
         """The cached base pipeline for a store entry (loaded on first use)."""
         key = str(Path(entry.path).resolve())
         if key not in self._pipelines:
-            from . import single_file, tasks
+            from ctrlgen.core.engine import tasks
+            from ctrlgen.core.models import loading as single_file
 
             architecture = entry.identity.architecture
             pipeline_class = tasks.pipeline_class(architecture, "txt2img").__name__
@@ -218,9 +219,9 @@ class Engine:
 
     def memory_plan(self, pipeline: Any, architecture: str, width: int | None = None, height: int | None = None,
                     batch: int = 1, resident: bool = False):
-        """How a job of this size fits on the device (:func:`ctrlgen.core.memory.plan_memory`)."""
-        from .memory import free_memory, plan_memory, weight_bytes
-        from .tasks import architecture_spec
+        """How a job of this size fits on the device (:func:`ctrlgen.core.engine.memory.plan_memory`)."""
+        from ctrlgen.core.engine.memory import free_memory, plan_memory, weight_bytes
+        from ctrlgen.core.engine.tasks import architecture_spec
 
         native = architecture_spec(architecture).native_size
         weights, largest = weight_bytes(pipeline)
@@ -233,7 +234,7 @@ class Engine:
     def load_controlnet(self, entry: Any, architecture: str) -> Any:
         key = str(Path(entry.path).resolve())
         if key not in self._controlnets:
-            from . import single_file
+            from ctrlgen.core.models import loading as single_file
 
             model = single_file.load_controlnet(entry.path, architecture, torch_dtype=self._load_dtype())
             # Next to offloaded pipelines ControlNets wait in RAM too; the job's offload moves them.
@@ -243,7 +244,7 @@ class Engine:
     def unload(self) -> None:
         """Free every cached model: pipelines, ControlNets and what adapters and
         preprocessors keep loaded (image encoders, face analysis, annotators)."""
-        from . import annotators
+        from ctrlgen.core.models import annotators
 
         self._pipelines.clear()
         self._offloaded.clear()
@@ -262,7 +263,7 @@ class Engine:
         problem = entry.identity.details.get("error")
         if problem:
             raise JobError(f"model {job.model!r} cannot be used: {problem}")
-        from .tasks import architecture_spec
+        from ctrlgen.core.engine.tasks import architecture_spec
 
         try:
             architecture_spec(architecture)
@@ -277,8 +278,7 @@ class Engine:
 
     def prepare_units(self, job: Job, architecture: str, images: ImageSource | None = None) -> list[PreparedUnit]:
         """Resolve ControlNet models, validate params and compute control maps (no model loads)."""
-        from ..adapters.controlnet import is_inpaint_preprocessor
-        from .preprocess import preprocess
+        from ctrlgen.core.engine.preprocess import preprocess
 
         adapter = get_registry("adapters").get("controlnet")
         units: list[PreparedUnit] = []
@@ -296,11 +296,11 @@ class Engine:
                 )
             source = read_image(unit.image or job.image, f"{owner}.image", images)
             pre_params = dict(unit.preprocessor_params)
-            if unit.preprocessor.lower() == "none" or is_inpaint_preprocessor(unit.preprocessor):
+            spec = None if unit.preprocessor.lower() == "none" else get_registry("preprocessors").get(unit.preprocessor)
+            if spec is None or spec.hint_from_job:
                 # ControlNet inpaint: the adapter builds the hint from the task's image and mask
                 control = to_rgb(source)
             else:
-                spec = get_registry("preprocessors").get(unit.preprocessor)
                 if unit.pixel_perfect and any(p.name == "detect_resolution" for p in spec.params):
                     pre_params["detect_resolution"] = pixel_perfect_resolution(
                         (source.shape[1], source.shape[0]), (width, height), unit.resize_mode
@@ -313,8 +313,8 @@ class Engine:
         """A ``preprocess`` job: each control unit's map (no model loads but the annotators')."""
         from PIL import Image
 
-        from .images import to_mask
-        from .preprocess import preprocess
+        from ctrlgen.core.engine.preprocess import preprocess
+        from ctrlgen.core.images import to_mask
 
         mask = None
         if job.mask:
@@ -408,7 +408,7 @@ class Engine:
 
         ``images`` resolves the job's image references (default: they are file paths).
         ``preview`` (``True`` or every N steps) adds ``preview`` events carrying a small RGB
-        image of the first latent, made without the VAE (:mod:`ctrlgen.core.preview`)."""
+        image of the first latent, made without the VAE (:mod:`ctrlgen.core.engine.preview`)."""
         job_id = job_id or uuid.uuid4().hex
 
         def emit(kind: str, **data: Any) -> None:
@@ -449,36 +449,42 @@ class Engine:
             torch.cuda.empty_cache()
 
     def _run(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None, preview_every: int) -> JobResult:
+        """One job, in the order a diffusers ``__call__`` reads: everything that can be checked
+        without weights is checked before anything loads."""
         emit("started")
         if job.task == "preprocess":
             return self._preprocess(job, job_id, emit, cancel, images)
         import torch
 
+        from ctrlgen.core.engine import tasks
+
+        # 1. Resolve models: the checkpoint, what its architecture can do with this task, the
+        #    ControlNet units (models checked, control maps computed) and the other adapters.
         entry = self.resolve_checkpoint(job)
         architecture = entry.identity.architecture
-        from . import tasks
-
         arch = tasks.architecture_spec(architecture)
         pipeline_class = arch.pipeline_class(job.task)  # can it do this task at all?
         if job.control and not any(arch.pipelines.get((job.task, kind)) for kind in (True, "union")):
             arch.pipeline_class(job.task, True)  # raises, naming what it can do
         units = self.prepare_units(job, architecture, images)
         adapters = self.prepare_adapters(job, architecture, images)
+
+        # 2. Load the pipeline (cached across jobs) and take this job's view of it, with the
+        #    job's sampler; the cached pipeline itself is never changed.
+        from ctrlgen.core.engine.samplers import make_scheduler
+
         base = self.load_pipeline(entry)
-        from .samplers import make_scheduler
-
-        width, height = round_size(job.width, job.height)
-        seed = job.seed if job.seed >= 0 else secrets.randbelow(2**32)
-        seeds = [(seed + i) % 2**32 for i in range(job.batch_size)]
-        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-
-        from .conditioning import plan_prompts
-
-        task_inputs = tasks.prepare(job, width, height, images or load_image_file, _denoiser(base).config.in_channels)
         scheduler = (make_scheduler(job.sampler, base.scheduler.config) if arch.a1111_samplers
                      else type(base.scheduler).from_config(base.scheduler.config))
         pipeline = tasks.pipeline_view(pipeline_class, base, scheduler=scheduler)
 
+        # 3. Prepare the inputs: size, seeds, the task's image and mask (grown, feathered,
+        #    cropped for only-masked, the outpainted canvas) and the pipeline call's arguments.
+        width, height = round_size(job.width, job.height)
+        seed = job.seed if job.seed >= 0 else secrets.randbelow(2**32)
+        seeds = [(seed + i) % 2**32 for i in range(job.batch_size)]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        task_inputs = tasks.prepare(job, width, height, images or load_image_file, _denoiser(base).config.in_channels)
         call_kwargs: dict[str, Any] = dict(
             **task_inputs.call_kwargs,
             num_inference_steps=job.steps,
@@ -492,21 +498,24 @@ class Engine:
         context = GenerationContext(job, self, pipeline, architecture, call_kwargs, width, height,
                                     prompt=job.prompt, negative_prompt=job.negative_prompt,
                                     image_source=images, inpaint_frame=task_inputs.frame)
+
+        # 4. The step callback: prompt-editing stages, the adapters' per-step work, progress,
+        #    previews and cancelling (the pipeline's interrupt flag).
         total = task_inputs.steps
-        plan = None
+        prompt_plan = None  # set in step 6
         current_stage = [0]
 
         def on_step_end(pipe, step, timestep, tensors):
             # Prompt editing: the step that follows (1-based step + 2) may use another stage.
-            stage = plan.stage_for_step(step + 2) if plan is not None else 0
+            stage = prompt_plan.stage_for_step(step + 2) if prompt_plan is not None else 0
             if stage != current_stage[0]:
                 current_stage[0] = stage
-                tensors.update(_stage_tensors(pipe, plan, stage))
+                tensors.update(_stage_tensors(pipe, prompt_plan, stage))
             for callback in context.step_callbacks:
                 tensors.update(callback(pipe, step, timestep, tensors) or {})
             emit("progress", step=step + 1, total=total)
             if preview_every and arch.latent_rgb and ((step + 1) % preview_every == 0 or step + 1 == total):
-                from .preview import latents_to_rgb
+                from ctrlgen.core.engine.preview import latents_to_rgb
 
                 emit("preview", step=step + 1, total=total, image=latents_to_rgb(tensors["latents"], arch.latent_rgb))
             if cancel is not None and cancel.is_set():
@@ -514,6 +523,8 @@ class Engine:
             return tensors
 
         with contextlib.ExitStack() as stack:
+            # 5. Attach the adapters (ControlNet units first, then the others, then inpaint's
+            #    latent fill); each restores what it changed when the stack closes, whatever happens.
             if units:
                 adapter = get_registry("adapters").get("controlnet")
                 stack.enter_context(adapter.attach(context, units))
@@ -523,50 +534,51 @@ class Engine:
                 stack.enter_context(task_inputs.attach(context.pipeline))
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled before it started")
-            from .memory import applied
 
-            plan_m = self.memory_plan(context.pipeline, architecture, width, height, job.batch_size,
-                                      resident=str(Path(entry.path).resolve()) not in self._offloaded
-                                      and self.device.device != "cpu")
-            stack.enter_context(applied(context.pipeline, plan_m, self.device.device))
+            # 6. Fit the memory (offload, VAE tiling/slicing for this size, undone after) and
+            #    encode the prompts. Encoding comes after the adapters: LoRAs change the text
+            #    encoder, textual inversions add tokens, and adapters may rewrite the prompt.
+            from ctrlgen.core.engine.conditioning import plan_prompts
+            from ctrlgen.core.engine.memory import applied
 
-            # Encode after the adapters are attached: LoRAs change the text encoder, textual
-            # inversions add tokens, and adapters may rewrite the prompt (<lora:name:0.8>).
+            memory_plan = self.memory_plan(context.pipeline, architecture, width, height, job.batch_size,
+                                           resident=str(Path(entry.path).resolve()) not in self._offloaded
+                                           and self.device.device != "cpu")
+            stack.enter_context(applied(context.pipeline, memory_plan, self.device.device))
             if arch.prompt_weighting:
-                plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, total,
-                                    job.batch_size, job.clip_skip)
-                context.call_kwargs.update(plan.call_kwargs(0))
+                prompt_plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, total,
+                                           job.batch_size, job.clip_skip)
+                context.call_kwargs.update(prompt_plan.call_kwargs(0))
                 pooled = "pooled_prompt_embeds" in context.call_kwargs
                 inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if pooled else [])
             else:  # the pipeline encodes the text itself (T5-based models and the like)
                 context.call_kwargs.update(prompt=[context.prompt] * job.batch_size,
                                            negative_prompt=[context.negative_prompt] * job.batch_size)
                 inputs = ["latents"]
+
+            # 7. Denoise.
             output = context.pipeline(**context.call_kwargs, callback_on_step_end=on_step_end,
                                       callback_on_step_end_tensor_inputs=inputs)
         if cancel is not None and cancel.is_set():
             raise CancelledError(f"job {job_id} was cancelled")
-        images = [task_inputs.finish(_to_pil(array, width, height)) for array in output.images]
+
+        # 8. Composite and report: each image back into the job's picture (only-masked crops
+        #    pasted under the feathered mask), with the control maps and A1111 infotexts.
+        results = [task_inputs.finish(_to_pil(array, width, height)) for array in output.images]
         model_name = Path(entry.path).stem
         return JobResult(
             job=job,
             job_id=job_id,
-            images=images,
+            images=results,
             seeds=seeds,
             control_maps=[unit.control_image for unit in units] + list(context.control_maps),
             infotexts=[infotext(job, s, model_name) for s in seeds],
-            memory=plan_m,
+            memory=memory_plan,
         )
 
 
-def _denoiser(pipeline: Any) -> Any:
-    """The pipeline's denoising network: a UNet (SD/SDXL) or a transformer (SD3, FLUX, ...)."""
-    unet = getattr(pipeline, "unet", None)
-    return unet if unet is not None else pipeline.transformer
-
-
 def _stage_tensors(pipe: Any, plan: Any, stage: int) -> dict[str, Any]:
-    """The denoising loop's conditioning tensors for prompt-editing ``stage``."""
+    """The denoising loop's conditioning tensors for prompt-editing ``stage`` (step 4's callback)."""
     import torch
 
     kwargs = plan.call_kwargs(stage)
@@ -581,12 +593,19 @@ def _stage_tensors(pipe: Any, plan: Any, stage: int) -> dict[str, Any]:
 
 
 def _to_pil(array: np.ndarray, width: int, height: int):
+    """A pipeline output at the generation size (step 8)."""
     from PIL import Image
 
     image = Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8))
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
+
+
+def _denoiser(pipeline: Any) -> Any:
+    """The pipeline's denoising network: a UNet (SD/SDXL) or a transformer (SD3, FLUX, ...)."""
+    unet = getattr(pipeline, "unet", None)
+    return unet if unet is not None else pipeline.transformer
 
 
 def read_image(path: str | None, what: str, images: ImageSource | None = None) -> np.ndarray:

@@ -16,9 +16,17 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .events import JobEvent
-    from .plugins import AppContext
-    from .specs import AdapterSpec, ArchitectureSpec, HostBridgeSpec, ModelSourceSpec, PreprocessorSpec
+    import argparse
+
+    from ctrlgen.core.plugins.events import JobEvent
+    from ctrlgen.core.plugins.registry import AppContext
+    from ctrlgen.core.plugins.specs import (
+        AdapterSpec,
+        ArchitectureSpec,
+        HostBridgeSpec,
+        ModelSourceSpec,
+        PreprocessorSpec,
+    )
 
 hookspec = pluggy.HookspecMarker("ctrlgen")
 
@@ -131,4 +139,25 @@ def ctrlgen_startup(context: AppContext) -> None:
         @hookimpl
         def ctrlgen_startup(context):
             print(len(context.preprocessors), "preprocessors loaded")
+    """
+
+
+@hookspec
+def ctrlgen_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add sub-commands to the ``ctrlgen`` command line.
+
+    ``subparsers`` is the ``argparse`` sub-parser collection of ``ctrlgen``: add a parser
+    and give it a ``func(args) -> int`` default. Import heavy modules inside ``func``, not
+    here: this hook runs for every ``ctrlgen`` command, ``--help`` included. A name that
+    another plugin already took is refused (argparse raises; the plugin is isolated).
+    Raise :class:`ctrlgen.core.errors.CtrlgenError` from ``func`` for a message without a
+    traceback (exit status 2).
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_cli_commands(subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.add_argument("name")
+            p.set_defaults(func=lambda args: print("hello", args.name) or 0)
     """

@@ -26,36 +26,36 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
-from .registry import Provider, Registry
-from .specs import SPEC_TYPES
+from ctrlgen.core.errors import PluginError
+from ctrlgen.core.plugins import hookspecs
+from ctrlgen.core.plugins.registry import AppContext, Provider, Registry
+from ctrlgen.core.plugins.specs import SPEC_TYPES
 
 log = logging.getLogger("ctrlgen.plugins")
 
 ENTRY_POINT_GROUP = "ctrlgen"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "ctrlgen.core.default_sources",
+    "ctrlgen.core.models.sources",
     "ctrlgen.preprocessors.canny",
     "ctrlgen.preprocessors.depth",
     "ctrlgen.preprocessors.normal",
-    "ctrlgen.preprocessors.openpose",
-    "ctrlgen.preprocessors.dwpose",
-    "ctrlgen.preprocessors.mediapipe_pose",
-    "ctrlgen.preprocessors.lineart",
-    "ctrlgen.preprocessors.softedge",
-    "ctrlgen.preprocessors.scribble",
-    "ctrlgen.preprocessors.mlsd",
+    "ctrlgen.preprocessors.pose.openpose",
+    "ctrlgen.preprocessors.pose.dwpose",
+    "ctrlgen.preprocessors.pose.mediapipe_pose",
+    "ctrlgen.preprocessors.lines.lineart",
+    "ctrlgen.preprocessors.lines.softedge",
+    "ctrlgen.preprocessors.lines.scribble",
+    "ctrlgen.preprocessors.lines.mlsd",
     "ctrlgen.preprocessors.sam",
-    "ctrlgen.preprocessors.semantic_segmentation",
-    "ctrlgen.preprocessors.mediapipe_selfie",
-    "ctrlgen.preprocessors.face_keypoints",
-    "ctrlgen.preprocessors.mediapipe_face",
+    "ctrlgen.preprocessors.segmentation.semantic",
+    "ctrlgen.preprocessors.segmentation.mediapipe_selfie",
+    "ctrlgen.preprocessors.face.keypoints",
+    "ctrlgen.preprocessors.face.mediapipe_face",
     "ctrlgen.preprocessors.shuffle",
     "ctrlgen.preprocessors.tile",
     "ctrlgen.preprocessors.inpaint",
-    "ctrlgen.core.builtin_architectures",
+    "ctrlgen.core.engine.architectures",
     "ctrlgen.adapters.controlnet",
     "ctrlgen.adapters.reference",
     "ctrlgen.adapters.lora",
@@ -63,13 +63,16 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ctrlgen.adapters.ip_adapter",
     "ctrlgen.adapters.instantid",
     "ctrlgen.host_bridges.krita",
+    "ctrlgen.host_bridges.server.cli",
+    "ctrlgen.host_bridges.client_cli",
+    "ctrlgen.host_bridges.install_cli",
 )
 
 hookimpl = pluggy.HookimplMarker("ctrlgen")
 
 
 def _version() -> str:
-    from ctrlgen import __version__
+    from ctrlgen._version import __version__
 
     return __version__
 
@@ -133,7 +136,10 @@ class PluginHost:
 
     # -- loading -----------------------------------------------------------
     def _blocked(self, *names: str) -> bool:
-        disabled = set(_env_list("CTRLGEN_DISABLE_PLUGINS") or ())
+        from ctrlgen._moved import current_name
+
+        # built-ins that moved in the layout change are still blocked by their old names
+        disabled = {current_name(name) for name in _env_list("CTRLGEN_DISABLE_PLUGINS") or ()}
         return any(n in disabled for n in names if n)
 
     def _load_all(self) -> None:
@@ -319,33 +325,10 @@ def emit_event(event) -> None:
     get_plugin_manager().hook.ctrlgen_job_event(event=event)
 
 
-@dataclass
-class AppContext:
-    """What ``ctrlgen_startup`` receives: the loaded registries."""
-
-    host: PluginHost
-
-    @property
-    def preprocessors(self) -> Registry:
-        return self.host.registry("preprocessors")
-
-    @property
-    def adapters(self) -> Registry:
-        return self.host.registry("adapters")
-
-    @property
-    def host_bridges(self) -> Registry:
-        return self.host.registry("host_bridges")
-
-    @property
-    def model_sources(self) -> Registry:
-        return self.host.registry("model_sources")
-
-
 def startup() -> AppContext:
     """Call ``ctrlgen_startup`` once per plugin host (historic, so late plugins get it too)."""
     host = get_host()
-    context = AppContext(host)
+    context = AppContext(host.registry)
     if not getattr(host, "_started", False):
         host._started = True
         host.pm.hook.ctrlgen_startup.call_historic(kwargs={"context": context})

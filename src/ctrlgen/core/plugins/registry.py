@@ -1,14 +1,17 @@
-"""One registry per kind of spec, keyed by normalised name; duplicates are errors."""
+"""One registry per kind of spec, keyed by normalised name; duplicates are errors.
+
+:class:`AppContext` is what ``ctrlgen_startup`` receives: the loaded registries by kind.
+"""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .errors import CtrlgenError, PluginError
-from .specs import normalize_name
+from ctrlgen.core.errors import CtrlgenError, PluginError
+from ctrlgen.core.plugins.specs import normalize_name
 
 T = TypeVar("T")
 
@@ -92,3 +95,30 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """What ``ctrlgen_startup`` receives: the loaded registries, built on first use."""
+
+    registry: Callable[[str], Registry]
+
+    @property
+    def preprocessors(self) -> Registry:
+        return self.registry("preprocessors")
+
+    @property
+    def adapters(self) -> Registry:
+        return self.registry("adapters")
+
+    @property
+    def architectures(self) -> Registry:
+        return self.registry("architectures")
+
+    @property
+    def host_bridges(self) -> Registry:
+        return self.registry("host_bridges")
+
+    @property
+    def model_sources(self) -> Registry:
+        return self.registry("model_sources")

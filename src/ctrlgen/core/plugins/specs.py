@@ -1,7 +1,7 @@
 """Typed, frozen descriptions that plugins yield from their hooks.
 
 A plugin never calls a "register" function: its hook returns or yields these specs,
-and ctrlgen builds one :class:`~ctrlgen.core.registry.Registry` per kind from them.
+and ctrlgen builds one :class:`~ctrlgen.core.plugins.registry.Registry` per kind from them.
 Parameters are declared as data (:class:`Param`) so hosts can build widgets from them
 and the server can validate a request before anything touches a GPU.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ParamError
+from ctrlgen.core.errors import ParamError
 
 ParamType = Literal["int", "float", "bool", "str", "choice", "image", "model", "json"]
 _PARAM_TYPES = ("int", "float", "bool", "str", "choice", "image", "model", "json")
@@ -224,6 +224,9 @@ class PreprocessorSpec:
     validated params and returns a :class:`PreprocessResult` or a bare array.
     ``unload()`` frees cached weights. ``weights`` lists files it needs from the store;
     ``requires`` lists importable modules it needs (checked before running).
+    ``hint_from_job`` marks a preprocessor whose map, in a ControlNet unit of a job, the
+    adapter builds itself from the job's own image and mask (ControlNet inpaint): the engine
+    then hands the adapter the unit's source image instead of running ``run``.
     """
 
     name: str
@@ -234,6 +237,7 @@ class PreprocessorSpec:
     weights: tuple[WeightFile, ...] = ()
     requires: tuple[str, ...] = ()
     unload: Callable[[], None] | None = None
+    hint_from_job: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", normalize_name(self.name))
@@ -356,7 +360,7 @@ class ArchitectureSpec:
 
     def pipeline_class(self, task: str, controlnet: bool | str = False):
         """The pipeline class for ``task`` with ``controlnet``; a clear error if there is none."""
-        from .errors import JobError
+        from ctrlgen.core.errors import JobError
 
         target = self.pipelines.get((task, controlnet))
         if target is None:

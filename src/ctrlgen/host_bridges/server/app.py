@@ -3,8 +3,8 @@
 FastAPI on uvicorn. Routes live under ``/v1/``; events are Server-Sent Events. Image bodies
 are read straight into one buffer (hashed while they arrive) and raw pixels are used where
 they landed; raw results go out as the image's bytes. One worker thread runs the jobs
-(:mod:`._server_jobs`); uploads are held in memory, bounded (:mod:`._server_uploads`); the
-token, Host and Origin checks wrap every route (:mod:`._server_security`).
+(:mod:`.jobs`); uploads are held in memory, bounded (:mod:`.uploads`); the
+token, Host and Origin checks wrap every route (:mod:`.security`).
 """
 
 import asyncio
@@ -28,13 +28,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..core.errors import CtrlgenError, JobError
-from ._server_images import RAW_TYPE, ApiError, decode_encoded, image_response, raw_shape, read_body
-from ._server_jobs import TERMINAL, JobQueue, JobRecord, new_job_id
-from ._server_models import PreprocessRequest, SubmitRequest
-from ._server_security import Guard, load_or_create_token
-from ._server_uploads import REF_PREFIX, StoreFull, Upload, UploadStore, is_ref
+from ctrlgen._version import __version__
+from ctrlgen.core.errors import CtrlgenError, JobError
+from ctrlgen.host_bridges.server.images import (
+    RAW_TYPE,
+    ApiError,
+    decode_encoded,
+    image_response,
+    raw_shape,
+    read_body,
+)
+from ctrlgen.host_bridges.server.jobs import TERMINAL, JobQueue, JobRecord, new_job_id
+from ctrlgen.host_bridges.server.models import PreprocessRequest, SubmitRequest
+from ctrlgen.host_bridges.server.security import Guard, load_or_create_token
+from ctrlgen.host_bridges.server.uploads import REF_PREFIX, StoreFull, Upload, UploadStore, is_ref
 
 log = logging.getLogger("ctrlgen.server")
 
@@ -84,7 +91,7 @@ def _validation_message(errors: list[dict]) -> str:
 
 def _image_fields(job) -> list[tuple[str, str]]:
     """(where, reference) of every image a job names: image, mask, control images, adapter images."""
-    from ..core.jobs import _image_params
+    from ctrlgen.core.engine.jobs import _image_params
 
     found = []
     if job.image is not None:
@@ -199,10 +206,10 @@ def create_app(config: ServerConfig, token: str):
     @app.get("/v1/capabilities", responses=errors)
     def capabilities() -> dict[str, Any]:
         """Preprocessors, adapters, models and samplers, with their parameter schemas."""
-        from ..core.config import load_settings
-        from ..core.models import ModelStore
-        from ..core.plugins import get_registry
-        from ..core.samplers import SAMPLERS
+        from ctrlgen.core.config import load_settings
+        from ctrlgen.core.engine.samplers import SAMPLERS
+        from ctrlgen.core.models.store import ModelStore
+        from ctrlgen.core.plugins.manager import get_registry
 
         models = []
         for entry in ModelStore.from_settings(load_settings()).scan(refresh=True):
@@ -290,10 +297,10 @@ def create_app(config: ServerConfig, token: str):
         RAW_TYPE: {}, "image/png": {}, "image/webp": {}}}})
     async def preprocess(request: PreprocessRequest) -> Response:
         """Run one preprocessor on an uploaded image; answers the control map."""
-        from ..core.plugins import get_registry
-        from ..core.preprocess import preprocess as run_preprocessor
-        from ..core.registry import UnknownNameError
-        from ..core.specs import validate_params
+        from ctrlgen.core.engine.preprocess import preprocess as run_preprocessor
+        from ctrlgen.core.plugins.manager import get_registry
+        from ctrlgen.core.plugins.registry import UnknownNameError
+        from ctrlgen.core.plugins.specs import validate_params
 
         try:
             spec = get_registry("preprocessors").get(request.preprocessor)
@@ -333,7 +340,7 @@ def create_app(config: ServerConfig, token: str):
     @app.post("/v1/jobs", status_code=202, responses=errors)
     async def submit(request: SubmitRequest) -> dict[str, Any]:
         """Validate a job and queue it; its events follow at /v1/jobs/{id}/events."""
-        from ..core.jobs import parse_job
+        from ctrlgen.core.engine.jobs import parse_job
 
         try:
             job = parse_job(request.job)
@@ -513,7 +520,7 @@ def serve(config: ServerConfig) -> int:
     """Run the server until interrupted. Writes server.json once listening; removes it on exit."""
     import uvicorn
 
-    from ..core.config import config_dir
+    from ctrlgen.core.config import config_dir
 
     if not config.allow_remote and not is_loopback(config.host):
         raise CtrlgenError(f"--host {config.host} is not a loopback address; binding there lets other machines "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ctrlgen.core.plugins.manager import hookimpl
+
 
 def _size(text: str) -> int:
     """A byte count: 1048576, 64M, 2G (binary units)."""
@@ -22,10 +24,10 @@ def _size(text: str) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..core.errors import CtrlgenError
+    from ctrlgen.core.errors import CtrlgenError
 
     try:
-        from .server import ServerConfig, serve
+        from ctrlgen.host_bridges.server.app import ServerConfig, serve
     except ImportError as exc:
         raise CtrlgenError(f"`ctrlgen serve` needs the server extra ({exc.name} is missing); install it with: "
                            "pip install 'ctrlgen[server]'") from None
@@ -74,3 +76,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config-dir", help="where token and server.json live (default: `ctrlgen config-dir`)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
+
+
+@hookimpl
+def ctrlgen_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    add_commands(subparsers)

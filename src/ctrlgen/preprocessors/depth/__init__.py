@@ -11,12 +11,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from ctrlgen.core.annotators import unloader
 from ctrlgen.core.images import DETECT_RESOLUTION
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import Param, PreprocessorSpec
-from ctrlgen.preprocessors import _depth, _depth_anything
-from ctrlgen.preprocessors._depth import (
+from ctrlgen.core.models.annotators import unloader
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import Param, PreprocessorSpec
+from ctrlgen.preprocessors.depth import depth_anything, networks
+from ctrlgen.preprocessors.depth.networks import (
     LERES,
     LERES_BOOST,
     MIDAS,
@@ -36,7 +36,7 @@ LERES_PARAMS = (
           "(the far part) are set to black (sd-webui-controlnet's thr_b)"),
 )
 DEPTH_ANYTHING_PARAMS = (
-    Param("size", "choice", default="large", choices=_depth_anything.SIZES,
+    Param("size", "choice", default="large", choices=depth_anything.SIZES,
           description="Model size: small (ViT-S, 25M), base (ViT-B, 98M) or large (ViT-L, 335M); "
           "each needs its own weights"),
     replace(DETECT_RESOLUTION, default=518, step=14,
@@ -49,7 +49,7 @@ def run_midas(image: np.ndarray, mask: np.ndarray | None = None, *, detect_resol
     from controlnet_aux.midas import MidasDetector
 
     height, width = image.shape[:2]
-    detector = MidasDetector(_depth.load("depth_midas", MIDAS, _depth.build_midas))
+    detector = MidasDetector(networks.load("depth_midas", MIDAS, networks.build_midas))
     depth = run_detector(detector, detector_input(image, detect_resolution))
     return to_input_size(depth, width, height)
 
@@ -58,7 +58,7 @@ def run_zoe(image: np.ndarray, mask: np.ndarray | None = None, *, detect_resolut
     from controlnet_aux.zoe import ZoeDetector
 
     height, width = image.shape[:2]
-    detector = ZoeDetector(_depth.load("depth_zoe", ZOE, _depth.build_zoe))
+    detector = ZoeDetector(networks.load("depth_zoe", ZOE, networks.build_zoe))
     depth = run_detector(detector, detector_input(image, detect_resolution))
     return to_input_size(depth, width, height)
 
@@ -69,11 +69,11 @@ def leres(owner: str, boost: bool):
         from controlnet_aux.leres import LeresDetector
 
         height, width = image.shape[:2]
-        model = _depth.load(owner, LERES, _depth.build_leres, prepare=_depth.batch_statistics)
+        model = networks.load(owner, LERES, networks.build_leres, prepare=networks.batch_statistics)
         merge = None
         if boost:
-            merge = _depth.build_pix2pix(owner)
-            _depth.use_cached_boost_mask()
+            merge = networks.build_pix2pix(owner)
+            networks.use_cached_boost_mask()
         # The boost's resolution search fails on images under 160 px (upstream raises
         # UnboundLocalError); run it at 192 px at least.
         work = detector_input(image, detect_resolution, min_long_side=160 if boost else 0)
@@ -86,7 +86,7 @@ def leres(owner: str, boost: bool):
 
 def run_depth_anything(image: np.ndarray, mask: np.ndarray | None = None, *, size: str,
                        detect_resolution: int) -> np.ndarray:
-    depth = _depth_anything.depth_map(image, size, detect_resolution)
+    depth = depth_anything.depth_map(image, size, detect_resolution)
     return np.repeat(depth[:, :, None], 3, axis=2)
 
 
@@ -99,8 +99,8 @@ def ctrlgen_preprocessors():
         family="depth",
         description="Depth map from MiDaS DPT-Hybrid (near = bright)",
         weights=(MIDAS,),
-        requires=_depth.REQUIRES,
-        unload=_depth.unload_files(MIDAS),
+        requires=networks.REQUIRES,
+        unload=networks.unload_files(MIDAS),
     )
     yield PreprocessorSpec(
         name="depth_zoe",
@@ -109,8 +109,8 @@ def ctrlgen_preprocessors():
         family="depth",
         description="Depth map from ZoeDepth (ZoeD_M12_N, metric depth shown near = bright)",
         weights=(ZOE,),
-        requires=_depth.REQUIRES,
-        unload=_depth.unload_files(ZOE),
+        requires=networks.REQUIRES,
+        unload=networks.unload_files(ZOE),
     )
     yield PreprocessorSpec(
         name="depth_leres",
@@ -119,8 +119,8 @@ def ctrlgen_preprocessors():
         family="depth",
         description="Depth map from LeReS (ResNeXt-101), with near/background removal",
         weights=(LERES,),
-        requires=_depth.REQUIRES,
-        unload=_depth.unload_files(LERES),
+        requires=networks.REQUIRES,
+        unload=networks.unload_files(LERES),
     )
     yield PreprocessorSpec(
         name="depth_leres++",
@@ -129,8 +129,8 @@ def ctrlgen_preprocessors():
         family="depth",
         description="LeReS depth with the boost (multi-resolution merge network): finer detail, much slower",
         weights=(LERES, LERES_BOOST),
-        requires=_depth.REQUIRES + ("skimage",),
-        unload=_depth.unload_files(LERES, LERES_BOOST),
+        requires=networks.REQUIRES + ("skimage",),
+        unload=networks.unload_files(LERES, LERES_BOOST),
     )
     yield PreprocessorSpec(
         name="depth_anything_v2",
@@ -138,7 +138,7 @@ def ctrlgen_preprocessors():
         params=DEPTH_ANYTHING_PARAMS,
         family="depth",
         description="Depth map from Depth Anything V2 (transformers; original .pth or the -hf folder)",
-        weights=tuple(_depth_anything.WEIGHTS.values()),
+        weights=tuple(depth_anything.WEIGHTS.values()),
         requires=("torch", "transformers"),
-        unload=unloader(_depth_anything.OWNER),
+        unload=unloader(depth_anything.OWNER),
     )

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctrlgen.core.annotators import loaded, torch_device, unloader, weight_path
 from ctrlgen.core.images import DETECT_RESOLUTION, detection_size, resize
-from ctrlgen.core.plugins import hookimpl
-from ctrlgen.core.specs import PreprocessorSpec, WeightFile
-
-from ._pose import Person, PoseJSONError, line_scale_for, pose_result, render_openpose
+from ctrlgen.core.models.annotators import loaded, torch_device, unloader, weight_path
+from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.core.plugins.specs import PreprocessorSpec, WeightFile
+from ctrlgen.preprocessors.pose.openpose_json import (
+    Person,
+    PoseJSONError,
+    line_scale_for,
+    pose_result,
+    render_openpose,
+)
 
 __all__ = ["render_openpose", "PoseJSONError", "detect_people"]
 
@@ -53,8 +58,8 @@ def _network(weight: WeightFile, net_class_name: str, strip_first_key_part: bool
     path = weight_path(OWNER, weight)  # a missing file is reported before any heavy import
     import torch
 
-    from ctrlgen.core.architecture import load_state_dict
     from ctrlgen.core.errors import ModelFormatError
+    from ctrlgen.core.models.identify import load_state_dict
 
     module = "face" if net_class_name == "FaceNet" else "model"
     net_class = getattr(_upstream(module), net_class_name)
@@ -180,3 +185,34 @@ def ctrlgen_preprocessors():
             requires=("torch", "controlnet_aux", "cv2", "scipy", "skimage"),
             unload=unloader(OWNER),
         )
+
+
+def cmd_render_pose(args) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ctrlgen.core.errors import CtrlgenError
+
+    try:
+        text = Path(args.pose).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CtrlgenError(f"cannot read pose file {args.pose}: {exc.strerror}") from None
+    image = render_openpose(text, args.width, args.height, body=not args.no_body, hands=not args.no_hands,
+                            face=not args.no_face)
+    Image.fromarray(image).save(args.output)
+    print(f"wrote {args.output} ({image.shape[1]}×{image.shape[0]})")
+    return 0
+
+
+@hookimpl
+def ctrlgen_cli_commands(subparsers):
+    p = subparsers.add_parser("render-pose", help="draw an (edited) OpenPose JSON as an openpose control map")
+    p.add_argument("pose", help="OpenPose JSON, as `ctrlgen preprocess openpose_full ... --json` prints in data")
+    p.add_argument("output", help="output PNG")
+    p.add_argument("--width", type=int, help="output width (default: the JSON's canvas_width)")
+    p.add_argument("--height", type=int, help="output height (default: the JSON's canvas_height)")
+    p.add_argument("--no-body", action="store_true", help="leave out the body")
+    p.add_argument("--no-hands", action="store_true", help="leave out the hands")
+    p.add_argument("--no-face", action="store_true", help="leave out the face")
+    p.set_defaults(func=cmd_render_pose)

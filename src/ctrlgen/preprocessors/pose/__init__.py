@@ -1,0 +1,7 @@
+"""Pose preprocessors: OpenPose (body, hands, face), DWPose and an offline mediapipe pose.
+
+Plugins: ``openpose.py`` (also the ``ctrlgen render-pose`` command), ``dwpose.py``,
+``mediapipe_pose.py``. Shared: ``openpose_json.py`` (people → OpenPose JSON → the standard
+drawing, so an edited JSON redraws the same map), ``dwpose_onnx.py`` (YOLOX + RTMPose on
+onnxruntime), ``mediapipe_landmarks.py`` (mediapipe's landmarks as OpenPose points).
+"""
