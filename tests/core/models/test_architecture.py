@@ -577,7 +577,7 @@ def test_importing_identification_does_not_import_torch():
         "heavy = [m for m in ('torch', 'diffusers', 'safetensors', 'transformers') if m in sys.modules]; "
         "print(heavy)"
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
+    src = str(Path(__file__).resolve().parents[3] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.strip() == "[]"
