@@ -40,7 +40,7 @@ follows one contract (tested for each by `ctrlgen.testing.contracts.Preprocessor
 - **Weights** come from the model store (see [models.md](models.md)) under their usual file
   names; nothing downloads by itself. A missing file is an error naming the file, the
   folders searched and where to get it (`ctrlgen models pull REPO FILE` fetches one file into
-  the Hugging Face cache). Loaded once, kept, and freed by `ctrlgen.core.preprocess.unload(name)`.
+  the Hugging Face cache). Loaded once, kept, and freed by `ctrlgen.core.engine.preprocess.unload(name)`.
 
 From Python:
 
@@ -70,9 +70,9 @@ def main() -> int:
     import numpy as np
     from PIL import Image
 
-    from ctrlgen.core.demo import sample_photo_path
-    from ctrlgen.core.plugins import get_registry
-    from ctrlgen.core.sheet import preprocessor_sheet
+    from ctrlgen.core.cli.demo import sample_photo_path
+    from ctrlgen.core.cli.sheet import preprocessor_sheet
+    from ctrlgen.core.plugins.manager import get_registry
 
     photo = np.asarray(Image.open(sample_photo_path()).convert("RGB").resize((384, 384)))
     names = get_registry("preprocessors").names()
@@ -80,13 +80,13 @@ def main() -> int:
     (DOCS / "images").mkdir(exist_ok=True)
     PICTURES.mkdir(parents=True, exist_ok=True)
     sheet.convert("RGB").save(DOCS / "images" / "preprocessor_sheet.jpg", quality=82)
-    from ctrlgen.core.preprocess import preprocess
+    from ctrlgen.core.engine.preprocess import preprocess
 
     for old in PICTURES.glob("*.jpg"):
         old.unlink()
     yy, xx = np.mgrid[0:384, 0:384]
     mask = ((((xx - 192) / 96) ** 2 + ((yy - 192) / 96) ** 2) <= 1).astype(np.uint8) * 255
-    from ctrlgen.core.sheet import OFFLINE_ALTERNATIVES
+    from ctrlgen.core.cli.sheet import OFFLINE_ALTERNATIVES
 
     for name in ran:
         try:
