@@ -109,13 +109,23 @@ def test_lcm_lora_with_the_lcm_sampler(engine):
     assert pipeline_fingerprint(base) == before
 
 
-def test_a_failed_load_leaves_nothing_behind(engine, tmp_path):
+def test_a_failed_load_leaves_nothing_behind(engine, tmp_path, addon_model_root):
+    from safetensors.numpy import load_file, save_file
+
     base = engine.load_pipeline(engine.resolve_checkpoint(job()))
     before = pipeline_fingerprint(base)
-    broken = tmp_path / "broken-lora.safetensors"  # exists (passes the early checks), cannot be read
+    broken = tmp_path / "broken-lora.safetensors"  # not a model file: refused before anything loads
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    with pytest.raises(CtrlgenError, match="lora use 2"):
+    with pytest.raises(CtrlgenError, match=r"adapters\[1\] \(lora\)\.model .* cannot be used"):
         engine.run(job(adapters=[lora("tiny-lora-sd15"), lora(str(broken))]))
+    assert pipeline_fingerprint(base) == before
+    # A LoRA by its header whose tensors do not fit fails while loading, after the first one loaded.
+    tensors = load_file(addon_model_root.root / "models" / "Lora" / "tiny-lora-sd15.safetensors")
+    misfit = tmp_path / "misfit-lora.safetensors"
+    save_file({name: np.zeros((value.shape[0] + 1, *value.shape[1:]), value.dtype) if ".lora_up." in name else value
+               for name, value in tensors.items()}, misfit)
+    with pytest.raises(CtrlgenError, match="lora use 2"):
+        engine.run(job(adapters=[lora("tiny-lora-sd15"), lora(str(misfit))]))
     assert pipeline_fingerprint(base) == before
     assert not hasattr(base.unet, "peft_config") or not base.unet.peft_config
 

@@ -1,12 +1,17 @@
-"""docs/protocol.md: its examples run against a real server, and it names every route, event
-kind and error code the server has."""
+"""docs/protocol.md: its examples run against a real server, it names every route, event
+kind and error code the server has, and what it promises holds (how far an inpaint job
+reaches beyond its mask, where the demo's models are and how the server finds them)."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,5 +68,85 @@ def test_every_error_code_and_event_is_documented():
             "too_many_pixels", "result_expired", "invalid_job", "model_not_found", "out_of_memory"} <= codes
     for code in codes:
         assert f"`{code}`" in text, f"error code {code} is not in docs/protocol.md"
-    for kind in ("queued", "started", "progress", "preview", "finished", "error", "cancelled"):
+    for kind in ("queued", "started", "progress", "preview", "finished", "error", "cancelled", "interrupted"):
         assert f"| `{kind}` |" in text, f"event {kind} is not in the events table"
+
+
+
+@pytest.mark.parametrize("options", [{"grow_px": 3, "feather_px": 4}, {"feather_px": 7, "only_masked": True},
+                                     {"grow_px": 5, "feather_px": 0}, {"grow_px": -2, "feather_px": 2.5}],
+                         ids=["grow-and-feather", "only-masked", "hard-edge", "shrink"])
+def test_an_inpaint_job_changes_nothing_beyond_grow_plus_the_feather_reach(live_server, options):
+    """'What an inpaint job changes', on real jobs: every pixel farther than grow_px +
+    ceil(1.5 × feather_px) from every mask pixel (the larger of the horizontal and vertical
+    distance) is the input's, bit for bit; nearer ones change."""
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[26:34, 20:30] = 255
+    job = {"model": live_server.model, "prompt": "a stone", "seed": 3, "steps": 2, "strength": 1.0,
+           "width": 64, "height": 64, "image": live_server.upload(image), "mask": live_server.upload(mask),
+           "inpaint": options}
+    job_id = live_server.submit(job)
+    assert live_server.wait(job_id)[-1][1] == "finished"
+    status, headers, body = live_server.request("GET", f"/v1/jobs/{job_id}/results/0")
+    assert status == 200 and headers["x-ctrlgen-channels"] == "3"
+    result = np.frombuffer(body, np.uint8).reshape(64, 64, 3)
+
+    reach = max(options.get("grow_px", 0), 0) + math.ceil(1.5 * options.get("feather_px", 4.0))
+    ys, xs = np.nonzero(mask)
+    rows, columns = np.mgrid[0:64, 0:64]
+    distance = np.min(np.maximum(np.abs(rows[..., None] - ys), np.abs(columns[..., None] - xs)), axis=-1)
+    changed = np.any(result != image, axis=-1)
+    assert not changed[distance > reach].any(), np.argwhere(changed & (distance > reach))[:5]
+    assert changed[distance == 0].mean() > 0.9  # the mask itself was repainted
+    if reach > 1:
+        assert changed[(distance > 0) & (distance <= reach)].any()  # and the band around it blends
+
+
+def _doc_demo_models() -> Path:
+    """``demo_models`` as the doc's example finds it, in this process's environment."""
+    block = next(block for block in PYTHON_BLOCK.findall(DOC.read_text(encoding="utf-8")) if "def cache_folder" in block)
+    namespace: dict = {}
+    exec(compile("import os, pathlib, sys\n" + block, "protocol.md: cache_folder", "exec"), namespace)
+    return namespace["demo_models"]
+
+
+def test_the_doc_finds_the_cache_folder_as_ctrlgen_does(monkeypatch, tmp_path):
+    from ctrlgen.core.config import cache_dir
+
+    for env in ({"CTRLGEN_CACHE_DIR": str(tmp_path / "cache")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        for name in ("CTRLGEN_CACHE_DIR", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert _doc_demo_models() == cache_dir() / "demo-models", env
+
+
+def test_serve_finds_the_demo_models_where_the_doc_says(monkeypatch, tmp_path, tiny_model_cache, tiny_sd15):
+    """`ctrlgen demo` writes its models to CACHE/demo-models, and `CTRLGEN_MODEL_ROOTS=<that folder>
+    ctrlgen serve` serves them (docs/protocol.md, 'Where the server finds models')."""
+    import os
+    import subprocess
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tiny-models").symlink_to(tiny_model_cache)  # the session's tiny models: built once
+    monkeypatch.setenv("CTRLGEN_CACHE_DIR", str(cache))
+    monkeypatch.delenv("CTRLGEN_MODEL_ROOTS", raising=False)
+    env = {**os.environ, "CTRLGEN_CONFIG_DIR": str(tmp_path / "config"), "CTRLGEN_DEVICE": "cpu",
+           "OMP_NUM_THREADS": "1"}
+    demo = subprocess.run([sys.executable, "-m", "ctrlgen.core.cli.main", "demo", "--steps", "1", "--size", "64",
+                           "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    demo_models = _doc_demo_models()
+    assert (demo_models / "models" / "Stable-diffusion" / "tiny-sd15.safetensors").is_file()
+    assert (demo_models / "models" / "ControlNet" / "tiny-controlnet-sd15.safetensors").is_file()
+
+    server = _fixtures.start_server(tmp_path / "server-config", demo_models)  # CTRLGEN_MODEL_ROOTS=demo_models
+    try:
+        status, caps = server.json("GET", "/v1/capabilities")
+        assert status == 200
+        assert {"tiny-sd15", "tiny-controlnet-sd15"} <= {model["name"] for model in caps["models"]}
+    finally:
+        server.stop()

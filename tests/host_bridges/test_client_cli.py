@@ -63,7 +63,7 @@ def test_run_writes_the_same_pngs_as_the_client(live_server, files, tmp_path, ca
     outputs = json.loads(capsys.readouterr().out)["outputs"]
     assert outputs == [str(out / "helmet-00.png")]
     written = np.asarray(Image.open(outputs[0]))
-    assert written.shape == (64, 64, 3)
+    assert written.shape == (64, 64, 4)  # the canvas is RGBA: so is the result
 
     def raw(path, mode):
         image = Image.open(path).convert(mode)
@@ -72,7 +72,7 @@ def test_run_writes_the_same_pngs_as_the_client(live_server, files, tmp_path, ca
     with Client(live_server.url, token=live_server.token) as client:
         expected = client.run(job, images={"image": raw(files / "canvas.png", "RGBA"),
                                            "mask": raw(files / "mask.png", "L")})[0]
-    assert np.array_equal(written, np.frombuffer(expected.data, np.uint8).reshape(64, 64, 3))
+    assert np.array_equal(written, np.frombuffer(expected.data, np.uint8).reshape(64, 64, 4))
 
 
 def test_run_with_job_file_images_and_a_control_image(live_server, files, tmp_path, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from krita_support import bridge_helpers, free_port, krita_missing, run_kritarunner
+from krita_support import bridge_helpers, krita_missing, run_kritarunner, scenario_config
 
 # "undo" first: Krita's undo action follows the first main window opened in the process.
 SCENARIOS = ("undo", "window", "inpaint", "control", "cancel", "server_down", "screenshot", "big_canvas",
@@ -29,28 +29,25 @@ def krita_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def krita_report(tmp_path_factory, krita_home, krita_model_root) -> dict:
+def krita_server(request, tmp_path_factory, krita_model_root):
+    """The real `ctrlgen serve` the Krita scenarios talk to (one per session)."""
     reason = krita_missing()
     if reason:
         pytest.skip(reason)
-    helpers = bridge_helpers()
-    server = helpers.start_server(tmp_path_factory.mktemp("krita-server"), krita_model_root)
-    try:
-        out_dir = tmp_path_factory.mktemp("krita-out")
-        config = {
-            "scenarios": list(SCENARIOS), "out": str(out_dir / "report.json"),
-            "url": server.url, "config_dir": str(server.config_dir), "token": server.token,
-            "model": server.model, "controlnet": server.controlnet, "ip_adapter": "tiny-ip-adapter_sd15",
-            "dead_url": f"http://127.0.0.1:{free_port()}", "empty_config_dir": str(out_dir / "no-server"),
-            "screenshot": str(out_dir / "krita-docker.png"), "window_screenshot": str(out_dir / "krita-window.png"),
-        }
-        report, output = run_kritarunner(krita_home, config)
-    finally:
-        server.stop()
+    server = bridge_helpers().start_server(tmp_path_factory.mktemp("krita-server"), krita_model_root)
+    request.addfinalizer(server.stop)
+    return server
+
+
+@pytest.fixture(scope="session")
+def krita_report(tmp_path_factory, krita_home, krita_server) -> dict:
+    config = scenario_config(krita_server, tmp_path_factory.mktemp("krita-out"), SCENARIOS)
+    report, output = run_kritarunner(krita_home, config)
     if report is None:
-        pytest.fail(f"Krita wrote no report. Its output:\n{output[-6000:]}\nServer log:\n{server.log()[-3000:]}")
+        pytest.fail(f"Krita wrote no report. Its output:\n{output[-6000:]}\n"
+                    f"Server log:\n{krita_server.log()[-3000:]}")
     report["output"] = output
-    report["server_log"] = server.log()
+    report["server_log"] = krita_server.log()
     return report
 
 

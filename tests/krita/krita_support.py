@@ -10,7 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from ctrlgen.testing.host_apps import clean_host_environment
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,18 +41,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_kritarunner(home: Path, config: dict, timeout: float = 420.0) -> tuple[dict | None, str]:
-    """Run krita_scenarios.main inside Krita; returns (report or None, Krita's output)."""
+def scenario_config(server, out_dir: Path, scenarios) -> dict:
+    """krita_scenarios.main's configuration: which scenarios, the server, where to write."""
+    return {
+        "scenarios": list(scenarios), "out": str(out_dir / "report.json"),
+        "url": server.url, "config_dir": str(server.config_dir), "token": server.token,
+        "model": server.model, "controlnet": server.controlnet, "ip_adapter": "tiny-ip-adapter_sd15",
+        "dead_url": f"http://127.0.0.1:{free_port()}", "empty_config_dir": str(out_dir / "no-server"),
+        "screenshot": str(out_dir / "krita-docker.png"), "window_screenshot": str(out_dir / "krita-window.png"),
+    }
+
+
+def run_kritarunner(home: Path, config: dict, timeout: float = 420.0, *, base_env: Mapping[str, str] | None = None,
+                    clean: bool = True) -> tuple[dict | None, str]:
+    """Run krita_scenarios.main inside Krita; returns (report or None, Krita's output).
+
+    Krita starts from :func:`ctrlgen.testing.host_apps.clean_host_environment` of ``base_env``
+    (default: this process's environment), so an activated virtual environment does not
+    leak into Krita's Python. ``clean=False`` passes ``base_env`` on as it is (to show what
+    the cleaning prevents)."""
     config_path = home / "scenario-config.json"
     config_path.write_text(json.dumps(config), encoding="utf-8")
     pykrita = home / "data" / "krita" / "pykrita"
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CONFIG_HOME=str(home / "config"),
-               XDG_CACHE_HOME=str(home / "cache"), XDG_RUNTIME_DIR=str(home / "runtime"),
-               PYTHONPATH=os.pathsep.join([str(pykrita), str(HERE)]), CTRLGEN_KRITA_TEST_CONFIG=str(config_path),
-               CTRLGEN_CONFIG_DIR=config["config_dir"], QT_QPA_PLATFORM="xcb", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    # Krita puts its swap and frame-cache files in the temp folder: keep them in the test's home.
-    env["TMPDIR"] = str(home / "tmp")
+    overrides = dict(
+        HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CONFIG_HOME=str(home / "config"),
+        XDG_CACHE_HOME=str(home / "cache"), XDG_RUNTIME_DIR=str(home / "runtime"),
+        PYTHONPATH=os.pathsep.join([str(pykrita), str(HERE)]), CTRLGEN_KRITA_TEST_CONFIG=str(config_path),
+        CTRLGEN_CONFIG_DIR=config["config_dir"], QT_QPA_PLATFORM="xcb", OMP_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+        # Krita puts its swap and frame-cache files in the temp folder: keep them in the test's home.
+        TMPDIR=str(home / "tmp"))
+    if clean:
+        env = clean_host_environment(overrides, base=base_env)
+    else:
+        env = {**(os.environ if base_env is None else base_env), **overrides}
     (home / "tmp").mkdir(exist_ok=True)
     (home / "runtime").mkdir(mode=0o700, exist_ok=True)
     Path(config["out"]).unlink(missing_ok=True)

@@ -205,6 +205,7 @@ def test_errors_become_messages_that_say_what_to_do():
     assert "refused the token" in error_message(AuthError(401, "unauthorized", "bad token"))
     missing = error_message(JobFailed("model_not_found", "no checkpoint 'sd-x' in /models."))
     assert "model is missing: no checkpoint 'sd-x'" in missing and "`ctrlgen models`" in missing
+    assert error_message(ClientError(422, "model_not_found", "no checkpoint 'sd-x' in /models.")) == missing
     assert "queue is full" in error_message(ClientError(429, "queue_full", "full"))
     assert error_message(ClientError(422, "invalid_request", "steps: too many")) == \
         "The server answered invalid_request: steps: too many"

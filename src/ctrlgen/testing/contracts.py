@@ -11,6 +11,11 @@ Use them by subclassing in your plugin's tests (pytest collects the ``test_*`` m
 The contract is the one ctrlgen promises hosts: output ``uint8`` H×W×3 at the input's
 size for RGB, RGBA, grey and 16-bit input, the same output twice for the same input,
 and a clear :class:`~ctrlgen.core.errors.ParamError` for every bad parameter.
+
+Adapters subclass :class:`AdapterContract` the same way and return a small job that uses
+the adapter from ``adapter_job``; the contract runs it on the tiny models (the
+``tiny_model_root`` fixture of ctrlgen's pytest plugin) and checks that the cached pipeline
+is left exactly as it was after success, after a cancel and after an error in the job.
 """
 
 from __future__ import annotations
@@ -164,12 +169,23 @@ def pipeline_fingerprint(pipeline: Any) -> dict[str, Any]:
     return result
 
 
+class ContractJobError(RuntimeError):
+    """Raised by :class:`AdapterContract` inside a running job (from its first progress event)."""
+
+
 class AdapterContract:
     """Mixin for adapters: jobs using the adapter leave the cached pipeline exactly as it was.
 
     Set ``adapter`` and implement :meth:`adapter_job` returning a job dict (model names
-    from the ``tiny_model_root`` fixture: ``tiny-sd15``, ``tiny-controlnet-sd15``, ...)
-    that uses the adapter; ``image`` is a path to a 64×64 test photo.
+    from the ``tiny_model_root`` fixture: ``tiny-sd15``, ``tiny-sdxl``,
+    ``tiny-controlnet-sd15``, ...) that uses the adapter; ``image`` is a path to a 64×64
+    test photo. Override the ``contract_model_root`` fixture when the adapter needs model
+    files of its own (return an object with a ``root`` folder, as ``tiny_model_root`` is).
+
+    Checked: the spec is well formed; after a job with the adapter, after that job is
+    cancelled at its first step and after an exception raised inside it at its first step,
+    :func:`pipeline_fingerprint` of the cached pipeline is unchanged; a plain job after the
+    adapter's (and after the failed one) gives the same pixels as on a fresh pipeline.
     """
 
     adapter: ClassVar[str] = ""
@@ -235,6 +251,25 @@ class AdapterContract:
             self._run(engine, {**self.adapter_job(image), "steps": 5}, on_event=cancel_at_first_step,
                       cancel=cancel)
         assert pipeline_fingerprint(base) == before, "a cancelled job left the cached pipeline changed"
+
+    def test_contract_restores_pipeline_after_an_error_in_the_job(self, contract_setup):
+        from ctrlgen.core.engine.engine import Engine
+
+        engine, image, store = contract_setup
+        self._run(engine, self.plain_job(image))  # load and cache the pipeline
+        (base,) = engine._pipelines.values()
+        before = pipeline_fingerprint(base)
+
+        def fail_at_first_step(event):
+            if event.kind == "progress":
+                raise ContractJobError("raised inside the job by AdapterContract")
+
+        with pytest.raises(ContractJobError):
+            self._run(engine, {**self.adapter_job(image), "steps": 3}, on_event=fail_at_first_step)
+        assert pipeline_fingerprint(base) == before, "a job that failed left the cached pipeline changed"
+        after = np.asarray(self._run(engine, self.plain_job(image)).images[0])
+        fresh = np.asarray(self._run(Engine(store=store, device="cpu"), self.plain_job(image)).images[0])
+        assert np.array_equal(after, fresh), "a plain job after a failed adapter job differs from a fresh pipeline's"
 
     def test_contract_plain_job_after_adapter_matches_fresh_pipeline(self, contract_setup):
         from ctrlgen.core.engine.engine import Engine

@@ -40,6 +40,8 @@ def make_job(photo, **overrides):
         "control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny", "weight": 1.0}],
     }
     job.update(overrides)
+    if not job["control"] and "image" not in overrides:
+        del job["image"]  # an image nothing reads would make it img2img
     return parse_job(job)
 
 
@@ -139,7 +141,7 @@ def test_sdxl_controlnet_job(engine, photo):
          "control[0].weight=5.0 is above its maximum 2"),
         ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "cany"}]}, "Did you mean 'canny'"),
         ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny",
-                       "preprocessor_params": {"low_threshold": 300}}]}, "canny.low_threshold=300 is above"),
+                       "preprocessor_params": {"low_threshold": 300}}]}, "control[0].preprocessor_params.low_threshold=300 is above"),
         ({"control": [{"model": "tiny-sd15", "preprocessor": "canny"}]}, "no-controlnet"),
     ],
 )
@@ -162,7 +164,7 @@ def test_invalid_jobs_fail_with_clear_messages(engine, photo, overrides, message
         ({"model": "m", "colour": 1}, "job.colour: Extra inputs are not permitted"),
         ({"model": "m", "control": [{"model": "c"}]}, "control[0] has no image and the job has none"),
         ({"model": "m", "control": [{"model": "c", "image": "x.png", "resize_mode": "stretch"}]},
-         "job.control.0.resize_mode: must be one of just_resize"),
+         "job.control[0].resize_mode: must be one of just_resize"),
     ],
 )
 def test_job_validation_messages(data, message):
@@ -304,3 +306,76 @@ def test_jobs_never_change_the_cached_pipelines_precision(tiny_model_root, photo
     assert result.images[0].size == (64, 64)
     assert {p.dtype for p in base.unet.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in next(iter(half._controlnets.values())).parameters()} == {torch.bfloat16}
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("masks")
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(folder / "small.png")
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(folder / "black.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "nope"}]}, "control[0].preprocessor:"),
+        ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny",
+                       "preprocessor_params": {"low_threshold": 300}}]},
+         "control[0].preprocessor_params.low_threshold=300 is above its maximum 255"),
+        ({"control": [{"model": "tiny-controlnet-sdxl", "preprocessor": "canny"}]}, "control[0].model"),
+        ({"control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny", "guidance_start": 1.0}]},
+         "control[0].guidance_start=1.0 must be below"),
+        ({"adapters": [{"type": "nope"}]}, "adapters[0].type: Unknown adapter 'nope'"),
+        ({"adapters": [{"type": "reference", "image": "x.png"}]}, "adapters[0] (reference).image: file x.png"),
+        ({"adapters": [{"type": "reference", "image": "PHOTO", "guidance_end": 0.0}]},
+         "adapters[0] (reference).guidance_start=0.0"),
+        ({"adapters": [{"type": "ip_adapter", "model": "no-such-ip-adapter"}]}, "adapters[0] (ip_adapter).model"),
+        ({"prompt": "a <lora:no-such-lora:0.5> cat"}, "prompt tag <lora:no-such-lora:0.5>: Model 'no-such-lora'"),
+        ({"model": "no-such-model"}, "job.model: Model 'no-such-model' was not found"),
+        ({"mask": "MASKS/small.png"}, "job.mask"),
+        ({"mask": "MASKS/black.png"}, "job.mask selects nothing"),
+        ({"outpaint": {"right": 16300}}, "job.outpaint: the outpainted canvas"),
+        ({"task": "img2img", "image": "missing.png"}, "job.image: file missing.png does not exist"),
+        ({"task": "img2img", "image": "MASKS"}, "as an image: Is a directory"),
+        ({"prompt": "a (cat:.) <lora:x:nan>"}, "prompt tag <lora:x:nan>: 'nan' is not a number"),
+    ],
+)
+def test_what_needs_no_weights_fails_before_anything_loads(tiny_model_root, photo, masks, overrides, message):
+    """`ctrlgen generate` and the server fail such jobs at once: Engine.check runs first, and
+    nothing is loaded (the pipeline and ControlNet caches stay empty)."""
+    engine = Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+    overrides = json.loads(json.dumps(overrides).replace("MASKS", str(masks)).replace("PHOTO", str(photo)))
+    if "control" not in overrides:  # no unit: the job's image is the picture to change
+        overrides = {"control": [], "image": str(photo), **overrides}
+    job = make_job(photo, **overrides)
+    events = []
+    with pytest.raises(CtrlgenError) as info:
+        engine.check(job)
+    assert message in str(info.value)
+    with pytest.raises(type(info.value)):
+        engine.run(job, on_event=events.append)
+    assert engine._pipelines == {} and engine._controlnets == {}
+    assert [e.kind for e in events] == ["started", "error"]
+
+
+def test_generate_cli_refuses_a_bad_job_without_loading_torch(tiny_model_root, photo, tmp_path):
+    """`ctrlgen generate` on a job that needs no weights to be refused: it ends before torch
+    (let alone a checkpoint) is even imported."""
+    import os
+    import subprocess
+    import sys
+
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({"model": "tiny-sd15", "image": str(photo), "steps": 2, "width": 64, "height": 64,
+                                    "control": [{"model": "tiny-controlnet-sd15", "preprocessor": "canny",
+                                                 "preprocessor_params": {"low_threshold": 300}}]}))
+    script = ("import json, sys\nfrom ctrlgen.core.cli.main import main\n"
+              "code = main(['generate', sys.argv[1], '--out', sys.argv[2], '--quiet'])\n"
+              "print(json.dumps({'code': code, 'imported': [m for m in ('torch', 'diffusers') if m in sys.modules]}))")
+    env = {**os.environ, "CTRLGEN_MODEL_ROOTS": str(tiny_model_root.root), "CTRLGEN_DEVICE": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script, str(job_file), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 2, "imported": []}, done.stderr
+    assert "control[0].preprocessor_params.low_threshold=300 is above" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

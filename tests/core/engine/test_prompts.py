@@ -77,6 +77,12 @@ def test_attention_never_fails_and_weights_are_positive(prompt):
         assert weight > 0 or (text, weight) == ("BREAK", -1.0)
 
 
+def test_a_weight_that_is_not_a_number_is_text():
+    # "(a:.)" once reached float(".") and ended a job as an internal error.
+    assert parse_attention("(a:.)") == [("a:.", 1.1)]
+    assert parse_attention("(a:1.5)") == [("a", 1.5)]
+
+
 @given(PLAIN)
 def test_plain_text_is_one_piece_of_weight_one(text):
     assert parse_attention(text) == [(text, 1.0)]

@@ -103,6 +103,13 @@ def test_mask_problems_are_clear(engine, files):
         run(engine, image=files["photo"], mask=files["photo"] + ".missing")
 
 
-def test_a_mask_selects_inpaint():
+def test_a_mask_selects_inpaint_and_an_image_alone_img2img():
     assert parse_job({"model": "m", "image": "a.png", "mask": "b.png"}).task == "inpaint"
-    assert parse_job({"model": "m", "image": "a.png"}).task == "txt2img"
+    # An image nothing else reads is the picture to change (never silently ignored) ...
+    assert parse_job({"model": "m", "image": "a.png"}).task == "img2img"
+    assert parse_job({"model": "m", "image": "a.png", "control": [{"model": "c", "image": "c.png"}]}).task == "img2img"
+    # ... but the source of control units without an image of their own keeps it txt2img.
+    assert parse_job({"model": "m", "image": "a.png", "control": [{"model": "c"}]}).task == "txt2img"
+    assert parse_job({"model": "m"}).task == "txt2img"
+    with pytest.raises(JobError, match="task 'txt2img' does not use it"):
+        parse_job({"model": "m", "task": "txt2img", "image": "a.png"})

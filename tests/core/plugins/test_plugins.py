@@ -13,6 +13,7 @@ from ctrlgen.core.cli.main import main
 from ctrlgen.core.engine.preprocess import preprocess
 from ctrlgen.core.errors import PluginError
 from ctrlgen.core.plugins import manager as plugins
+from ctrlgen.core.plugins.registry import UnknownNameError
 
 POSTERIZE = """
 import numpy as np
@@ -50,15 +51,76 @@ def test_entry_point_plugin_is_discovered_and_runs(make_distribution):
     assert plugins.get_registry("preprocessors").provider("posterize").distribution == "ctrlgen-posterize"
 
 
-def test_duplicate_name_names_both_providers(make_distribution):
-    make_distribution("ctrlgen-clone", "0.9", {"clone": "cg_clone"}, {"cg_clone": CANNY_CLONE})
+CLONE_WITH_ANOTHER_NAME = CANNY_CLONE + """
+@hookimpl(specname="ctrlgen_preprocessors")
+def more_preprocessors():
+    yield PreprocessorSpec(name="clone_only", run=lambda image, mask=None: image, description="only here")
+"""
+
+
+def test_duplicate_name_withholds_only_that_name(make_distribution, tmp_path, capsys):
+    make_distribution("ctrlgen-clone", "0.9", {"clone": "cg_clone"}, {"cg_clone": CLONE_WITH_ANOTHER_NAME})
+    registry = plugins.get_registry("preprocessors")  # builds: the conflict is not the kind's failure
+    # 1. The conflicting name is withheld everywhere: never one of the two picked, never renamed.
+    assert "canny" not in registry and "canny" not in registry.names()
+    assert all(spec.name != "canny" for spec in registry)
+    assert not any(name.startswith("canny") and name != "canny" for name in registry.names())
+    # 2. Asking for it names both providers and the way out.
     with pytest.raises(PluginError) as info:
-        plugins.get_registry("preprocessors")
+        registry.get("Canny")
     message = str(info.value)
     assert "preprocessor 'canny'" in message
     assert "ctrlgen 0.1.0 (plugin 'ctrlgen.preprocessors.canny')" in message
     assert "ctrlgen-clone 0.9 (plugin 'clone')" in message
-    assert "CTRLGEN_DISABLE_PLUGINS=clone" in message
+    assert "CTRLGEN_DISABLE_PLUGINS=clone keeps 'ctrlgen.preprocessors.canny'" in message
+    assert "CTRLGEN_DISABLE_PLUGINS=ctrlgen.preprocessors.canny keeps 'clone'" in message
+    assert isinstance(info.value, UnknownNameError)  # answered like an unknown name (404/422), not a crash
+    with pytest.raises(PluginError, match="Conflicting plugins provide the preprocessor 'canny'"):
+        preprocess("canny", np.zeros((8, 8, 3), np.uint8))
+    # 3. Everything else works, the conflicting plugin's other names included.
+    assert {"depth_midas", "blur_gaussian", "clone_only"} <= set(registry.names())
+    assert preprocess("blur_gaussian", np.zeros((8, 8, 3), np.uint8)).image.shape == (8, 8, 3)
+    assert registry.provider("clone_only").distribution == "ctrlgen-clone"
+    (conflict,) = plugins.get_host().conflicts()
+    assert (conflict.kind, conflict.name) == ("preprocessors", "canny")
+    assert [p.plugin for p in conflict.providers] == ["ctrlgen.preprocessors.canny", "clone"]
+    # 4. `ctrlgen preprocess` of another name runs; of the withheld one, it says why.
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in.png")
+    assert main(["preprocess", "blur_gaussian", str(tmp_path / "in.png"), str(tmp_path / "out.png")]) == 0
+    assert (tmp_path / "out.png").is_file()
+    assert main(["preprocess", "canny", str(tmp_path / "in.png"), str(tmp_path / "canny.png")]) == 2
+    assert "CTRLGEN_DISABLE_PLUGINS=clone" in capsys.readouterr().err
+    assert not (tmp_path / "canny.png").exists()
+
+
+def test_three_providers_and_a_plugin_yielding_a_name_twice(make_distribution):
+    twice = """
+from ctrlgen import hookimpl, AdapterSpec
+
+@hookimpl
+def ctrlgen_adapters():
+    yield AdapterSpec(name="echo", attach=lambda context, uses: None, description="one")
+    yield AdapterSpec(name="Echo", attach=lambda context, uses: None, description="two")
+"""
+    make_distribution("ctrlgen-clone", "0.9", {"clone": "cg_clone"}, {"cg_clone": CANNY_CLONE})
+    make_distribution("ctrlgen-clone2", "1.0", {"clone2": "cg_clone2"}, {"cg_clone2": CANNY_CLONE})
+    make_distribution("ctrlgen-twice", "0.1", {"twice": "cg_twice"}, {"cg_twice": twice})
+    by_name = {c.name: c for c in plugins.get_host().conflicts()}
+    assert set(by_name) == {"canny", "echo"}
+    canny = by_name["canny"]
+    assert [p.plugin for p in canny.providers] == ["ctrlgen.preprocessors.canny", "clone", "clone2"]
+    assert "CTRLGEN_DISABLE_PLUGINS=clone,clone2 keeps 'ctrlgen.preprocessors.canny'" in canny.message
+    assert "more than once" in by_name["echo"].message and "CTRLGEN_DISABLE_PLUGINS=twice" in by_name["echo"].message
+    assert "controlnet" in plugins.get_registry("adapters") and "echo" not in plugins.get_registry("adapters")
+
+
+def test_strict_mode_raises_on_a_conflict(make_distribution, monkeypatch):
+    monkeypatch.setenv("CTRLGEN_STRICT_PLUGINS", "1")
+    make_distribution("ctrlgen-clone", "0.9", {"clone": "cg_clone"}, {"cg_clone": CANNY_CLONE})
+    with pytest.raises(PluginError, match="CTRLGEN_DISABLE_PLUGINS=clone"):
+        plugins.get_registry("preprocessors")
 
 
 def test_blocking_one_side_resolves_a_conflict(make_distribution, monkeypatch):
@@ -128,8 +190,14 @@ def test_broken_plugin_is_isolated(make_distribution, source, expected, capsys):
     errors = plugins.get_host().infos["broken"].errors
     assert any(expected in e for e in errors), errors
     assert main(["plugins"]) == 0
-    out = capsys.readouterr().out
-    assert "broken" in out and "FAILED" in out or expected.split(":")[0] in out
+    lines = capsys.readouterr().out.splitlines()
+    (header,) = [line for line in lines if line.startswith("broken  ")]
+    assert header.endswith(", FAILED]"), header  # import errors and hooks that raise alike
+    assert any(line.strip().startswith("error:") and expected in line for line in lines), lines
+    assert any(line.startswith("posterize  ") and line.endswith(", loaded]") for line in lines), lines
+    assert main(["plugins", "--json"]) == 0
+    by_name = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
+    assert by_name["broken"]["status"] == "FAILED" and by_name["posterize"]["status"] == "loaded"
 
 
 @pytest.mark.parametrize("source", [BROKEN_IMPORT, RAISING_HOOK, MISSPELLED])
@@ -189,7 +257,49 @@ def test_plugins_json_reports_conflicts_with_exit_code(make_distribution, capsys
     make_distribution("ctrlgen-clone", "0.9", {"clone": "cg_clone"}, {"cg_clone": CANNY_CLONE})
     assert main(["plugins", "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert "Conflicting plugins" in data["conflicts"]["preprocessors"]
+    (conflict,) = data["conflicts"]
+    assert conflict["kind"] == "preprocessors" and conflict["name"] == "canny"
+    assert conflict["providers"] == [
+        {"plugin": "ctrlgen.preprocessors.canny", "distribution": "ctrlgen", "version": "0.1.0"},
+        {"plugin": "clone", "distribution": "ctrlgen-clone", "version": "0.9"}]
+    assert "Conflicting plugins provide the preprocessor 'canny'" in conflict["message"]
+    assert "CTRLGEN_DISABLE_PLUGINS=clone" in conflict["message"]
+    clone = {p["name"]: p for p in data["plugins"]}["clone"]
+    assert clone["status"] == "loaded" and clone["provides"] == {"preprocessors": ["canny"]}
+    # The text listing says the same, and marks the withheld name.
+    assert main(["plugins"]) == 1
+    out = capsys.readouterr().out
+    assert "preprocessors: canny (CONFLICT: unavailable)" in out
+    assert "conflict in preprocessors: Conflicting plugins provide the preprocessor 'canny'" in out
+
+
+def test_plugins_json_prints_param_schemas_and_weights(make_distribution, capsys):
+    make_distribution("ctrlgen-posterize", "1.2.3", {"posterize": "cg_posterize"}, {"cg_posterize": POSTERIZE})
+    assert main(["plugins", "--json"]) == 0
+    (posterize,) = json.loads(capsys.readouterr().out)["plugins"]
+    (spec,) = posterize["preprocessors"]
+    assert spec["name"] == "posterize" and spec["description"] == "fewer levels"
+    assert spec["params"] == [{"name": "levels", "type": "int", "default": 4, "min": 2, "max": 16, "step": None,
+                               "choices": [], "description": "levels", "category": "", "required": False}]
+    assert spec["needs_weights"] is False and spec["weights"] == []
+    assert main(["plugins", "--all", "--json"]) == 0
+    by_name = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
+    specs = {s["name"]: s for p in by_name.values() for s in p.get("preprocessors", [])}
+    adapters = {s["name"]: s for p in by_name.values() for s in p.get("adapters", [])}
+    registry = plugins.get_registry("preprocessors")
+    assert set(specs) == set(registry.names())  # every preprocessor, with its schema
+    for name, spec in specs.items():
+        assert spec["params"] == [p.to_json() for p in registry.get(name).params], name
+    assert specs["canny"]["needs_weights"] is False and specs["canny"]["weights"] == []
+    softedge = specs["softedge_hed"]
+    assert softedge["needs_weights"] is True
+    assert softedge["weights"][0]["filename"] == "ControlNetHED.pth"
+    assert softedge["weights"][0]["source"] and softedge["weights"][0]["folders"] == ["annotators"]
+    assert set(adapters) == set(plugins.get_registry("adapters").names())
+    reference = adapters["reference"]
+    assert reference["architectures"] and {"name", "type", "default", "min", "max", "choices"} <= set(
+        reference["params"][0])
+    assert any(p["type"] == "model" and p["category"] for p in adapters["ip_adapter"]["params"])
 
 
 def test_manager_is_lazy_and_cached(fresh_plugins):

@@ -44,9 +44,13 @@ PARAMS = (
 )
 
 
-@contextlib.contextmanager
-def attach_controlnet(context, units):
-    """Swap in a ControlNet pipeline view for ``units`` (PreparedUnit list) for one job."""
+def check_controlnet(context, units):
+    """The units' rules that need no weights (the spec's ``check``; ``attach`` runs it too):
+    guidance order, ``control_type`` only on union models, union and regular models not mixed,
+    one ``control_mode`` per shared union model, inpaint units only in inpaint jobs."""
+    import os
+
+    from ctrlgen.adapters.controlnet.inpaint import is_inpaint_preprocessor
     from ctrlgen.core.errors import JobError
 
     union = [unit.model_entry.identity.variant == "union" for unit in units]
@@ -62,6 +66,16 @@ def attach_controlnet(context, units):
                 f"{label}.control_type={params['control_type']!r} is for union ControlNets; "
                 f"{unit.model_entry.name!r} is a regular one (it knows its control type): drop control_type"
             )
+        if is_inpaint_preprocessor(unit.preprocessor):
+            if context.job.task != "inpaint":
+                raise JobError(
+                    f"{label}: preprocessor {unit.preprocessor!r} repaints the job's mask; give the job a mask "
+                    "(job.mask, white = repaint) or use another preprocessor"
+                )
+            if context.job.control[unit.index].image is not None:
+                raise JobError(
+                    f"{label}: an inpaint unit uses the job's image and mask; leave {label}.image unset"
+                )
     if any(union) and not all(union):
         names = ", ".join(f"control[{u.index}] ({u.model_entry.name})" for u, is_u in zip(units, union, strict=True)
                           if is_u)
@@ -69,6 +83,21 @@ def attach_controlnet(context, units):
             f"union ControlNets ({names}) cannot run with regular ControlNets in one job (diffusers has no "
             "pipeline for both); use the union model for every unit, or only regular ControlNets"
         )
+    if all(union) and len({os.path.realpath(u.model_entry.path) for u in units}) == 1:
+        control_modes = {u.params["control_mode"] for u in units}
+        if len(control_modes) > 1:
+            raise JobError(
+                f"control units {', '.join(str(u.index) for u in units)} share the union ControlNet "
+                f"{units[0].model_entry.name!r}, which runs them in one pass; give them one control_mode "
+                f"(got {', '.join(sorted(control_modes))})"
+            )
+
+
+@contextlib.contextmanager
+def attach_controlnet(context, units):
+    """Swap in a ControlNet pipeline view for ``units`` (PreparedUnit list) for one job."""
+    check_controlnet(context, units)
+    union = [unit.model_entry.identity.variant == "union" for unit in units]
     from ctrlgen.adapters.controlnet.inpaint import control_images
 
     images = control_images(context, units, union_kind=all(union))
@@ -159,6 +188,7 @@ def ctrlgen_adapters():
     yield AdapterSpec(
         name="controlnet",
         attach=attach_controlnet,
+        check=check_controlnet,
         params=PARAMS,
         description="ControlNet units: control maps steering the denoising (control modes, inpaint, SDXL union)",
         architectures=("sd15", "sd2", "sdxl"),

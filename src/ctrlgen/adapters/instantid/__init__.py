@@ -94,6 +94,54 @@ PARAMS = (
 )
 
 
+def _label(context) -> str:
+    index = next(
+        (i for i, use in enumerate(context.job.adapters) if normalize_name(use.type) == "instantid"), 0
+    )
+    return f"adapters[{index}] (instantid)"
+
+
+def check_instantid(context, uses):
+    """What needs no weights (the spec's ``check``): one use, guidance order, the face photo,
+    the face IP-Adapter and IdentityNet by their headers, the pose image readable."""
+    from ctrlgen.core.errors import JobError
+
+    if not uses:
+        return
+    label = _label(context)
+    if len(uses) > 1:
+        raise JobError("a job takes one instantid use (one identity); give the others in separate jobs")
+    params = uses[0]
+    if params["guidance_start"] >= params["guidance_end"]:
+        raise JobError(
+            f"{label}.guidance_start={params['guidance_start']} must be below "
+            f"guidance_end={params['guidance_end']}"
+        )
+    if params["face_image"] is None:
+        raise JobError(f"{label}.face_image is missing; give a photo of the person")
+    for name in ("model", "controlnet"):
+        if not params[name]:
+            raise JobError(f"{label}.{name} is missing; name InstantID's "
+                           + ("IP-Adapter (ip-adapter.bin)" if name == "model" else "IdentityNet ControlNet"))
+    entry = context.store.find(params["model"], category=("ipadapter",))
+    if entry.identity.kind != "ip_adapter" or entry.identity.variant != "instantid":
+        raise JobError(
+            f"{label}.model {params['model']!r} ({entry.path}) is not InstantID's IP-Adapter (a Resampler "
+            "over the 512-number face embedding); IP-Adapters for images go in an ip_adapter use"
+        )
+    net_entry = context.store.find(params["controlnet"], category=("controlnet",))
+    if net_entry.identity.kind != "controlnet" or net_entry.identity.architecture not in (
+        context.architecture,
+        "unknown",
+    ):
+        raise JobError(
+            f"{label}.controlnet {params['controlnet']!r} ({net_entry.path}) is not a "
+            f"{context.architecture} ControlNet; give InstantID's IdentityNet"
+        )
+    if params["pose_image"]:
+        context.read_image(params["pose_image"], f"{label}.pose_image")
+
+
 @contextlib.contextmanager
 def attach_instantid(context, uses):
     """Face analysis, IdentityNet with the keypoint image, and the face IP-Adapter, for one job."""
@@ -183,6 +231,7 @@ def ctrlgen_adapters():
     yield AdapterSpec(
         name="instantid",
         attach=attach_instantid,
+        check=check_instantid,
         params=PARAMS,
         description="InstantID: identity from one face photo (face embedding IP-Adapter + IdentityNet keypoints)",
         architectures=("sdxl",),

@@ -130,6 +130,37 @@ def _labels(context: Any, count: int) -> list[str]:
     ]
 
 
+def check_ip_adapter(context, uses):
+    """What needs no weights (the spec's ``check``): a reference image, the model's kind and
+    architecture from its header, the attention mask and a face-embedding file readable."""
+    from ctrlgen.core.errors import JobError
+
+    for params, label in zip(uses, _labels(context, len(uses)), strict=False):
+        if params["image"] is None:
+            raise JobError(f"{label}.image is missing; give the reference image (for FaceID: a photo of the face)")
+        entry = context.store.find(params["model"], category=("ipadapter",)) if params["model"] else None
+        if entry is None:
+            raise JobError(f"{label}.model is missing; name an IP-Adapter (`ctrlgen models --category ipadapter`)")
+        identity = entry.identity
+        if identity.kind != "ip_adapter":  # read from its header: not an IP-Adapter at all
+            kind = "model of unknown kind" if identity.kind == "unknown" else identity.kind
+            raise JobError(f"{label}.model {params['model']!r} ({entry.path}) is a {kind}, not an IP-Adapter")
+        if identity.variant == "instantid":
+            raise JobError(f"{label}.model {params['model']!r} is InstantID's IP-Adapter; use the instantid adapter")
+        if identity.architecture not in ("unknown", context.architecture):
+            raise JobError(f"{label}.model {params['model']!r} is made for {identity.architecture}; this checkpoint "
+                           f"is {context.architecture}. Use an IP-Adapter made for {context.architecture}.")
+        if params["mask"]:
+            context.read_image(params["mask"], f"{label}.mask")
+        if params["face_embedding"]:
+            if not context.store.allow_paths:
+                raise JobError(f"{label}.face_embedding names a file, which this server does not read; give the "
+                               "face photo as the image instead")
+            from ctrlgen.adapters.ip_adapter.face import load_embedding
+
+            load_embedding(params["face_embedding"], f"{label}.face_embedding")
+
+
 @contextlib.contextmanager
 def attach_ip_adapter(context, uses):
     """Load every ``ip_adapter`` use of the job into the UNet for the job; restore on exit."""
@@ -149,6 +180,7 @@ def ctrlgen_adapters():
     yield AdapterSpec(
         name="ip_adapter",
         attach=attach_ip_adapter,
+        check=check_ip_adapter,
         params=PARAMS,
         description="IP-Adapter: reference images as prompts (style, composition, faces with FaceID)",
         architectures=("sd15", "sdxl"),

@@ -40,14 +40,16 @@ def _requests(context, uses):
     return requests + tagged + tagged_negative
 
 
-def _state_dict(context, request):
-    from ctrlgen.core.errors import JobError, ModelNotFoundError
-    from ctrlgen.core.models.identify import load_state_dict
+def _entry(context, request):
+    """The store entry of one request, checked from its header: a LoRA diffusers can load, for
+    the checkpoint's architecture."""
+    from ctrlgen.core.errors import CtrlgenError, JobError
 
     try:
         entry = context.store.find(request.model, category="loras")
-    except ModelNotFoundError as exc:
-        raise ModelNotFoundError(f"{request.origin}: {exc}") from None
+    except CtrlgenError as exc:  # same type, the message names the request
+        exc.args = (f"{request.origin}: {exc}",)
+        raise exc.with_traceback(None) from None
     identity = entry.identity
     if identity.kind != "lora":
         raise JobError(f"{request.origin}: {entry.path} is a {identity.kind}, not a LoRA")
@@ -57,7 +59,26 @@ def _state_dict(context, request):
     if identity.architecture not in ("unknown", context.architecture):
         raise JobError(f"{request.origin}: {entry.name} is a LoRA for {identity.architecture} models, but the "
                        f"checkpoint is {context.architecture}; pick a LoRA trained for {context.architecture}")
+    return entry
+
+
+def _state_dict(context, request):
+    from ctrlgen.core.models.identify import load_state_dict
+
+    entry = _entry(context, request)
     return load_state_dict(entry.path, allow_pickle=context.store.allow_pickle)
+
+
+def check_lora(context, uses):
+    """The spec's ``check``: every LoRA the uses and the prompts' tags name is found and usable
+    (by its header), the tags parse, and peft (which loads them) is installed."""
+    from ctrlgen.core.errors import JobError
+
+    requests = _requests(context, uses)
+    if requests and importlib.util.find_spec("peft") is None:
+        raise JobError("LoRAs need the 'peft' package (diffusers loads LoRAs through it): pip install peft")
+    for request in requests:
+        _entry(context, request)
 
 
 @contextlib.contextmanager
@@ -93,6 +114,7 @@ def ctrlgen_adapters():
     yield AdapterSpec(
         name="lora",
         attach=attach_lora,
+        check=check_lora,
         params=PARAMS,
         description="LoRA weight patches (several at once, LCM-LoRA, A1111 <lora:name:weight> prompt tags)",
         architectures=("sd15", "sd2", "sdxl"),

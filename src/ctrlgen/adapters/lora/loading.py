@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -47,9 +48,12 @@ def parse_tag(tag: str, arguments: str) -> LoraRequest:
 
     def number(text: str) -> float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
-            raise JobError(f"prompt tag {tag}: {text!r} is not a number (write e.g. <lora:name:0.8>)") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise JobError(f"prompt tag {tag}: {text!r} is not a number (write e.g. <lora:name:0.8>)")
+        return value
 
     te_weight = number(positional[1]) if len(positional) > 1 else 1.0
     te_weight = number(named["te"]) if "te" in named else te_weight

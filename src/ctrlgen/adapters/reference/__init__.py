@@ -14,7 +14,7 @@ import contextlib
 
 from ctrlgen.core.images import RESIZE_MODES
 from ctrlgen.core.plugins.manager import hookimpl
-from ctrlgen.core.plugins.specs import AdapterSpec, Param
+from ctrlgen.core.plugins.specs import AdapterSpec, Param, normalize_name
 
 MODES = ("reference_only", "reference_adain", "reference_adain+attn")
 CONTROL_MODES = ("balanced", "my_prompt_is_more_important", "controlnet_is_more_important")
@@ -69,6 +69,18 @@ def _use(context, index, params):
     )
 
 
+def check_reference(context, uses):
+    """The spec's ``check``: each use's guidance range is not empty."""
+    from ctrlgen.core.errors import JobError
+
+    indices = [i for i, use in enumerate(context.job.adapters) if normalize_name(use.type) == "reference"]
+    for position, params in enumerate(uses):
+        label = f"adapters[{indices[position]}] (reference)" if position < len(indices) else f"reference use {position + 1}"
+        if params["guidance_start"] >= params["guidance_end"]:
+            raise JobError(f"{label}.guidance_start={params['guidance_start']} must be below "
+                           f"guidance_end={params['guidance_end']}")
+
+
 @contextlib.contextmanager
 def attach_reference(context, uses):
     """Hook the job's UNet for the reference uses; everything is removed on exit."""
@@ -92,6 +104,7 @@ def ctrlgen_adapters():
     yield AdapterSpec(
         name="reference",
         attach=attach_reference,
+        check=check_reference,
         params=PARAMS,
         description="Reference-only (sd-webui-controlnet): follow a reference image's style and content, "
                     "through self-attention sharing and/or AdaIN",

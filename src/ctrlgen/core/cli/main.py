@@ -25,25 +25,26 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from ctrlgen.core.plugins.manager import get_host
 
     host = get_host()
-    conflicts = host.registry_errors()
+    conflicts = host.conflicts()  # builds every registry, so hooks that raise are recorded first
     infos = [info for info in host.infos.values() if args.all or not info.builtin or info.errors]
     if args.json:
-        _print_json({"plugins": [i.to_json() for i in infos], "conflicts": conflicts})
+        _print_json({"plugins": [i.to_json() for i in infos], "conflicts": [c.to_json() for c in conflicts]})
         return 1 if conflicts else 0
     if not infos:
         print("No third-party plugins installed (use --all to list the built-in ones).")
+    withheld = {(c.kind, c.name) for c in conflicts}
     for info in infos:
-        status = "blocked" if info.blocked else ("FAILED" if not info.loaded else "loaded")
         origin = "built-in" if info.builtin else info.module
-        print(f"{info.name}  [{info.distribution} {info.version}, {origin}, {status}]")
+        print(f"{info.name}  [{info.distribution} {info.version}, {origin}, {info.status}]")
         if info.hooks:
             print(f"    hooks: {', '.join(info.hooks)}")
         for kind, names in sorted(info.provides.items()):
-            print(f"    {kind}: {', '.join(sorted(names))}")
+            shown = [f"{n} (CONFLICT: unavailable)" if (kind, n) in withheld else n for n in sorted(names)]
+            print(f"    {kind}: {', '.join(shown)}")
         for error in info.errors:
             print(f"    error: {error}")
-    for kind, message in conflicts.items():
-        print(f"\nconflict in {kind}: {message}")
+    for conflict in conflicts:
+        print(f"\nconflict in {conflict.kind}: {conflict.message}")
     return 1 if conflicts else 0
 
 

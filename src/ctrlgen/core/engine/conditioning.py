@@ -95,6 +95,7 @@ def encode(pipeline: Any, texts: list[str], clip_skip: int = 1) -> list[Conditio
 
     device = pipeline._execution_device if hasattr(pipeline, "_execution_device") else pipeline.device
     sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+    _check_clip_skip(pipeline, clip_skip, sdxl)
     with torch.no_grad():
         if not sdxl:
             per_text = [_tokens_and_weights(pipeline.tokenizer, t) for t in texts]
@@ -119,6 +120,18 @@ def encode(pipeline: Any, texts: list[str], clip_skip: int = 1) -> list[Conditio
                 pooled = pooled_here
             results.append(Conditioning(torch.cat(parts, dim=-1), pooled))
         return results
+
+
+def _check_clip_skip(pipeline: Any, clip_skip: int, sdxl: bool) -> None:
+    """``clip_skip`` must name a layer the text encoder(s) have (known only once they are loaded)."""
+    from ctrlgen.core.errors import JobError
+
+    encoders = [pipeline.text_encoder] + ([pipeline.text_encoder_2] if sdxl else [])
+    layers = min(int(getattr(e.config, "num_hidden_layers", 0) or 0) for e in encoders)
+    deepest = layers if sdxl else layers + 1  # SDXL starts from the penultimate layer
+    if layers and clip_skip > deepest:
+        raise JobError(f"job.clip_skip={clip_skip} goes deeper than this checkpoint's text encoder, which has "
+                       f"{layers} layers; use a clip_skip of at most {deepest}")
 
 
 def zeros_like(conditioning: Conditioning) -> Conditioning:

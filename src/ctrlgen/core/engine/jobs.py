@@ -7,14 +7,16 @@ schema and one set of error messages. Validation happens before any model loads.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ctrlgen.core.engine.masks import FillMode
-from ctrlgen.core.errors import JobError
+from ctrlgen.core.errors import JobError, ParamError
 from ctrlgen.core.images import MAX_SIDE, RESIZE_MODES
+from ctrlgen.core.plugins.specs import check_text
 
 Task = Literal["txt2img", "img2img", "inpaint", "preprocess"]
 
@@ -24,7 +26,7 @@ class ControlUnit(BaseModel):
     params (``weight``, ``guidance_start``, ``guidance_end``, ...) and are validated against
     its Param schema (``ctrlgen plugins --json`` lists them)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str | None = Field(
         default=None, description="ControlNet model: name in the model store, or a path (not needed to preprocess)")
@@ -52,7 +54,7 @@ class ControlUnit(BaseModel):
 class InpaintOptions(BaseModel):
     """How the mask is used (A1111's names in brackets)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     grow_px: int = Field(default=0, ge=-256, le=256, description="Grow (or, negative, shrink) the mask")
     feather_px: float = Field(default=4.0, ge=0, le=256, description="Soft edge width [mask blur]")
@@ -73,7 +75,7 @@ class OutpaintOptions(BaseModel):
     The new area starts from the input's edge colours, spread out and blurred; the repainted
     area reaches ``overlap_px`` into the input so the seam blends (plus the feather)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     left: int = Field(default=0, ge=0, le=MAX_SIDE, description="Pixels added on the left")
     top: int = Field(default=0, ge=0, le=MAX_SIDE, description="Pixels added at the top")
@@ -93,7 +95,7 @@ class AdapterUse(BaseModel):
     """One use of an adapter (IP-Adapter, reference-only, ...): ``type`` names a registered
     adapter; every other field is one of its params (validated against its Param schema)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     type: str = Field(description="Adapter name, as `ctrlgen plugins --all` lists it")
 
@@ -104,10 +106,11 @@ class AdapterUse(BaseModel):
 class Job(BaseModel):
     """A generation request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     task: Task | None = Field(
-        default=None, description="txt2img, img2img, inpaint or preprocess; a mask or outpaint selects inpaint")
+        default=None, description="txt2img, img2img, inpaint or preprocess; a mask or outpaint selects inpaint, "
+        "an image that no control unit reads selects img2img, otherwise txt2img")
     model: str | None = Field(
         default=None, description="Checkpoint: name in the model store, HF repo id, or a path (not for preprocess)")
     prompt: str = ""
@@ -139,8 +142,13 @@ class Job(BaseModel):
 
     @model_validator(mode="after")
     def _task_inputs(self) -> Job:
+        # The image is a control unit's source when a unit has no image of its own.
+        image_is_control = any(unit.image is None for unit in self.control)
         if self.task is None:
-            self.task = "inpaint" if self.mask or self.outpaint else "txt2img"
+            if self.mask or self.outpaint:
+                self.task = "inpaint"
+            else:  # an image nothing else reads is the picture to change (A1111's img2img tab)
+                self.task = "img2img" if self.image and not image_is_control else "txt2img"
         if self.task == "preprocess":
             if not self.control:
                 raise ValueError("task 'preprocess' runs the control units' preprocessors; add at least one unit "
@@ -159,6 +167,10 @@ class Job(BaseModel):
             raise ValueError(f"outpaint inpaints the expanded canvas; drop task={self.task!r} or set task='inpaint'")
         if self.task in ("img2img", "inpaint") and not self.image:
             raise ValueError(f"task {self.task!r} needs job.image (the picture to change)")
+        if self.task == "txt2img" and self.image and not image_is_control:
+            raise ValueError(
+                "job.image is given but task 'txt2img' does not use it (no control unit reads it): drop "
+                "job.image, leave task out or set task 'img2img' to change the image, or add a control unit")
         if self.task == "inpaint" and not self.mask and not self.outpaint:
             raise ValueError("task 'inpaint' needs job.mask (white = the area to repaint) or job.outpaint")
         if self.resize_mode not in RESIZE_MODES:
@@ -215,11 +227,16 @@ def _image_params(adapter: str) -> list[str]:
 def format_validation_error(error: ValidationError, what: str = "job") -> str:
     lines = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(root)"
+        location = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         given = item.get("input")
         shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
-        lines.append(f"{what}.{location}: {message}{shown}")
+        if location:
+            lines.append(f"{what}{location}: {message}{shown}")
+        elif re.match(rf"({re.escape(what)}\.|\w+\[\d+\])", message):  # the message names its field
+            lines.append(message)
+        else:
+            lines.append(f"{what}: {message}")
     return "invalid " + what + ":\n  " + "\n  ".join(lines)
 
 
@@ -227,6 +244,10 @@ def parse_job(data: Any) -> Job:
     """Validate a JSON-like object as a :class:`Job`, raising :class:`JobError` with readable text."""
     if not isinstance(data, dict):
         raise JobError(f"a job must be a JSON object, got {type(data).__name__}")
+    try:
+        check_text(data, "job")
+    except ParamError as exc:
+        raise JobError(f"invalid job:\n  {exc}") from None
     try:
         return Job.model_validate(data)
     except ValidationError as exc:

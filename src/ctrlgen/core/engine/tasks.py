@@ -10,6 +10,11 @@
   crop's size and composited onto the canvas through the feathered mask, so every pixel
   outside it is the original's, bit for bit. The result has the canvas's size.
 
+An RGBA ``image`` is generated from its colours composited on white, and the result keeps its
+alpha: img2img gives the input's alpha (fitted like the image), inpaint keeps every pixel outside
+the feathered mask as it was (colour and alpha) and makes the repainted area opaque, blending
+through the feather; an outpainted area is opaque.
+
 The latent fill modes (``latent_noise``, ``latent_nothing``) change the encoded image
 under the mask, before diffusers noises it to the first timestep; see :func:`latent_fill`.
 """
@@ -29,6 +34,7 @@ from ctrlgen.core.engine.masks import (
     Expansion,
     Region,
     composite,
+    composite_rgba,
     expand_canvas,
     feather,
     fill,
@@ -169,11 +175,23 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
 
     if task == "txt2img":
         return TaskInputs({}, to_size, job.steps)
-    source = _rgb(load(job.image, "job.image"), "job.image")
+    pixels = load(job.image, "job.image")
+    source = _rgb(pixels, "job.image")
+    alpha = pixels[..., 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else None
     steps = steps_run(task, job.steps, job.strength)
     if task == "img2img":
         init = fit(source, width, height, job.resize_mode)
-        return TaskInputs({"image": Image.fromarray(init), "strength": job.strength}, to_size, steps)
+
+        def finish_img2img(generated):
+            result = to_size(generated)
+            if alpha is None:
+                return result
+            fitted = to_size(Image.fromarray(fit(alpha, width, height, job.resize_mode)))
+            result = result.convert("RGBA")
+            result.putalpha(fitted)
+            return result
+
+        return TaskInputs({"image": Image.fromarray(init), "strength": job.strength}, finish_img2img, steps)
 
     frame = inpaint_frame(job, source, load, aspect=width / height)
     region = frame.region
@@ -185,7 +203,15 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
 
     def finish(generated):
         patch = resize(np.asarray(generated.convert("RGB")), region.width, region.height)
-        return Image.fromarray(composite(frame.canvas, patch, frame.alpha, region))
+        if alpha is None:
+            return Image.fromarray(composite(frame.canvas, patch, frame.alpha, region))
+        # The input's own colours and alpha (not the white composite the model saw) under the
+        # feathered mask; the outpainted area is opaque, in the colours the canvas started with.
+        e, (height_in, width_in) = frame.expansion, alpha.shape
+        straight = frame.canvas.copy()
+        straight[e.top : e.top + height_in, e.left : e.left + width_in] = pixels[..., :3]
+        original = np.dstack([straight, e.place(alpha, 255)])
+        return Image.fromarray(composite_rgba(original, patch, frame.alpha, region), "RGBA")
 
     kwargs = {"image": Image.fromarray(init), "mask_image": Image.fromarray(model_mask), "strength": job.strength}
     attach = None

@@ -44,7 +44,8 @@ from ctrlgen.core.models.layouts import (
 )
 from ctrlgen.core.plugins.specs import ModelRoot, WeightFile
 
-__all__ = ["CATEGORIES", "AmbiguousModelError", "ModelEntry", "ModelStore", "identify_cached"]
+__all__ = ["CATEGORIES", "AmbiguousModelError", "ModelEntry", "ModelStore", "PathNotAllowedError",
+           "identify_cached"]
 
 log = logging.getLogger("ctrlgen.models")
 
@@ -54,6 +55,15 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 class AmbiguousModelError(CtrlgenError, LookupError):
     """A model reference matches several different files."""
+
+
+class PathNotAllowedError(CtrlgenError, PermissionError):
+    """A model reference is a file path, and this store takes paths only inside its roots."""
+
+
+def _looks_absolute(text: str) -> bool:
+    """An absolute path here, or a Windows drive or UNC path (``C:\\x``, ``\\\\host\\x``)."""
+    return os.path.isabs(text) or bool(re.match(r"^([A-Za-z]:)?[\\/]", text))
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,12 @@ class ModelStore:
 
     ``allow_pickle`` lets ``.ckpt/.pt/.pth/.bin`` files be opened (weights-only) to
     identify them; otherwise they are listed in their folder's category, unopened.
+
+    ``allow_paths`` (default on, for local use) lets :meth:`find` take any file path. Off
+    (the server: references come from clients), a reference is a name the store knows or an
+    absolute path inside one of the roots; any other path is refused without looking at the
+    filesystem, so the answer never tells whether a file exists, and a relative reference is
+    only ever a name (never resolved against the working directory).
     """
 
     def __init__(
@@ -175,8 +191,10 @@ class ModelStore:
         *,
         allow_pickle: bool = False,
         sources: Sequence[str] | None = None,
+        allow_paths: bool = True,
     ) -> None:
         self.allow_pickle = allow_pickle
+        self.allow_paths = allow_paths
         self._roots: list[tuple[ModelRoot, str]] = []
         seen: set[tuple[str, str]] = set()
         for index, root in enumerate(roots or ()):
@@ -193,11 +211,11 @@ class ModelStore:
         self._by_real_path: dict[str, ModelEntry] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> ModelStore:
+    def from_settings(cls, settings: Settings | None = None, *, allow_paths: bool = True) -> ModelStore:
         """A store over every root the ``ctrlgen_model_sources`` plugins provide.
 
         With ``settings`` given, the built-in sources use them instead of re-reading
-        ``config.toml`` and the environment.
+        ``config.toml`` and the environment. ``allow_paths``: see :class:`ModelStore`.
         """
         from ctrlgen.core.models import sources as default_sources
         from ctrlgen.core.plugins.manager import get_registry, strict_plugins
@@ -220,7 +238,7 @@ class ModelStore:
                 if strict_plugins():
                     raise
                 log.warning("model source %r failed: %s", spec.name, exc)
-        return cls(roots, allow_pickle=settings.allow_pickle, sources=names)
+        return cls(roots, allow_pickle=settings.allow_pickle, sources=names, allow_paths=allow_paths)
 
     @property
     def roots(self) -> tuple[ModelRoot, ...]:
@@ -308,15 +326,44 @@ class ModelStore:
         category folder (``sd15/dreamshaper_8``), a bare stem (``dreamshaper_8``), a file
         name with extension, or a Hugging Face repo id. Raises :class:`ModelNotFoundError`
         (naming every folder searched and how to get the model) or
-        :class:`AmbiguousModelError` (listing the candidates).
+        :class:`AmbiguousModelError` (listing the candidates). Without ``allow_paths``, a
+        path outside the roots raises :class:`PathNotAllowedError` (the same for every such
+        path, whether or not it exists). A name that is not found rescans the roots once, so
+        a long-running server sees models added since its last scan.
         """
         wanted = self._categories(category)
         text = os.fspath(ref).strip() if isinstance(ref, os.PathLike) else str(ref).strip()
         if not text:
             raise ModelNotFoundError("an empty model name was given; name a model or give a file path")
-        by_path = self._entry_for_path(text, wanted)
-        if by_path is not None:
-            return by_path
+        if self.allow_paths or self._inside_roots(text):
+            by_path = self._entry_for_path(text, wanted)
+            if by_path is not None:
+                return by_path
+        elif _looks_absolute(text):
+            raise PathNotAllowedError(
+                f"{text!r} is a file path outside the model folders, which is not allowed here; name the model "
+                "as the model store lists it (`ctrlgen models`, or the server's GET /v1/capabilities), or put "
+                "the file into one of the model folders")
+        try:
+            return self._find_by_name(text, wanted)
+        except ModelNotFoundError:
+            if self._entries is None:
+                raise
+            self.scan(refresh=True)
+            return self._find_by_name(text, wanted)
+
+    def _inside_roots(self, text: str) -> bool:
+        """Whether ``text`` is an absolute path inside one of the roots (lexically: no ``..``)."""
+        if not _looks_absolute(text) or ".." in re.split(r"[\\/]", text):
+            return False
+        path = Path(text)
+        for root, _ in self._roots:
+            for base in {Path(root.path).absolute(), Path(os.path.realpath(root.path))}:
+                if path == base or base in path.parents:
+                    return True
+        return False
+
+    def _find_by_name(self, text: str, wanted: tuple[str, ...] | None) -> ModelEntry:
         norm = text.replace("\\", "/").strip("/")
         while norm.startswith("./"):
             norm = norm[2:]

@@ -3,8 +3,9 @@
 - ``hookspecs.py`` — every hook a plugin can implement, each with a docstring and an example.
 - ``manager.py`` — the pluggy manager: built-ins (:data:`DEFAULT_PLUGINS`) and entry-point
   plugins loaded the same way, blocking/allow lists, isolation of a failing plugin.
-- ``registry.py`` — one :class:`Registry` per kind (duplicate names are errors), and the
-  :class:`AppContext` that ``ctrlgen_startup`` receives.
+- ``registry.py`` — one :class:`Registry` per kind (a name several plugins provide is withheld
+  as a :class:`Conflict`, the rest of the kind works), and the :class:`AppContext` that
+  ``ctrlgen_startup`` receives.
 - ``specs.py`` — the frozen spec types hooks yield (``PreprocessorSpec``, ``AdapterSpec``,
   ``ArchitectureSpec``, ``HostBridgeSpec``, ``ModelSourceSpec``) and ``Param``, with validation.
 - ``events.py`` — :class:`JobEvent`, the payload of the ``ctrlgen_job_event`` hook.

@@ -6,8 +6,10 @@
   distribution name; ``CTRLGEN_LOAD_PLUGINS=a,b`` loads only those third-party plugins
   (an empty value loads none).
 - A plugin that fails to import, implements a misspelled hook, or raises in a hook is
-  isolated: recorded in its :class:`PluginInfo` and skipped. ``CTRLGEN_STRICT_PLUGINS=1``
-  re-raises instead.
+  isolated: recorded in its :class:`PluginInfo` (shown as ``FAILED``) and skipped.
+- A name two plugins provide is withheld, not the kind: see
+  :class:`~ctrlgen.core.plugins.registry.Conflict` and :meth:`PluginHost.conflicts`.
+- ``CTRLGEN_STRICT_PLUGINS=1`` re-raises instead (failures and conflicts), for plugin authors.
 
 Nothing here runs at import time: :func:`get_plugin_manager` builds the manager on first
 use and caches it; :func:`reset` drops the cache (tests, reloads).
@@ -28,7 +30,7 @@ import pluggy
 
 from ctrlgen.core.errors import PluginError
 from ctrlgen.core.plugins import hookspecs
-from ctrlgen.core.plugins.registry import AppContext, Provider, Registry
+from ctrlgen.core.plugins.registry import AppContext, Conflict, ConflictingNameError, Provider, Registry
 from ctrlgen.core.plugins.specs import SPEC_TYPES
 
 log = logging.getLogger("ctrlgen.plugins")
@@ -101,26 +103,41 @@ class PluginInfo:
     provides: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     blocked: bool = False
+    # What its ctrlgen_preprocessors / ctrlgen_adapters yielded (conflicting names included).
+    specs: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def loaded(self) -> bool:
+        """Imported and registered (it may still have failed in a hook: see :attr:`status`)."""
         return not self.blocked and not any(e.startswith("load:") for e in self.errors)
+
+    @property
+    def status(self) -> str:
+        """``blocked`` (by the env vars), ``FAILED`` (import or any hook raised) or ``loaded``."""
+        if self.blocked:
+            return "blocked"
+        return "FAILED" if self.errors else "loaded"
 
     def provider(self) -> Provider:
         return Provider(self.name, self.distribution, self.version)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "distribution": self.distribution,
             "version": self.version,
             "builtin": self.builtin,
             "module": self.module,
+            "status": self.status,
             "hooks": sorted(self.hooks),
             "provides": {k: sorted(v) for k, v in self.provides.items() if v},
             "errors": list(self.errors),
             "blocked": self.blocked,
         }
+        for kind in ("preprocessors", "adapters"):  # their Param schemas, as hosts build widgets from
+            if self.specs.get(kind):
+                data[kind] = [spec.to_json() for spec in sorted(self.specs[kind], key=lambda s: s.name)]
+        return data
 
 
 class PluginHost:
@@ -259,17 +276,15 @@ class PluginHost:
             for spec in specs:
                 registry.add(spec, info.provider())
                 info.provides.setdefault(kind, []).append(spec.name)
+                if kind in ("preprocessors", "adapters"):
+                    info.specs.setdefault(kind, []).append(spec)
+        if registry.conflicts and strict_plugins():
+            raise ConflictingNameError(registry.conflicts[0].message)
         return registry
 
-    def registry_errors(self) -> dict[str, str]:
-        """Build every registry, returning conflicts instead of raising (for listings)."""
-        problems = {}
-        for kind in SPEC_TYPES:
-            try:
-                self.registry(kind)
-            except PluginError as exc:
-                problems[kind] = str(exc)
-        return problems
+    def conflicts(self) -> list[Conflict]:
+        """Build every registry and list the names withheld because several plugins provide them."""
+        return [conflict for kind in SPEC_TYPES for conflict in self.registry(kind).conflicts]
 
 
 class _HookFailed:

@@ -1,4 +1,8 @@
-"""One registry per kind of spec, keyed by normalised name; duplicates are errors.
+"""One registry per kind of spec, keyed by normalised name.
+
+A name two plugins provide is a :class:`Conflict`: ctrlgen never picks one (no renaming, no
+last-one-wins), so that name is withheld — asking for it raises :class:`ConflictingNameError`
+naming both providers and the fix — while every other name of the kind keeps working.
 
 :class:`AppContext` is what ``ctrlgen_startup`` receives: the loaded registries by kind.
 """
@@ -8,7 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ctrlgen.core.errors import CtrlgenError, PluginError
 from ctrlgen.core.plugins.specs import normalize_name
@@ -34,18 +38,62 @@ class Provider:
     def __str__(self) -> str:
         return f"{self.distribution} {self.version} (plugin {self.plugin!r})"
 
+    def to_json(self) -> dict[str, str]:
+        return {"plugin": self.plugin, "distribution": self.distribution, "version": self.version}
+
 
 class UnknownNameError(CtrlgenError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
 
 
+class ConflictingNameError(UnknownNameError, PluginError):
+    """A name several plugins provide: withheld until all but one are blocked.
+
+    An :class:`UnknownNameError` too, so whoever answers "no such preprocessor" for a name
+    answers this one the same way, with the conflict's message."""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Several plugins provide the same ``name`` of one ``kind``; none of them is used."""
+
+    kind: str
+    name: str
+    providers: tuple[Provider, ...]
+
+    @property
+    def message(self) -> str:
+        singular = _SINGULAR.get(self.kind, self.kind)
+        *first, last = [str(p) for p in self.providers]
+        listed = f"{', '.join(first)} and {last}"
+        plugins = list(dict.fromkeys(p.plugin for p in self.providers))
+        if len(plugins) == 1:
+            fix = (f"the plugin yields it more than once: fix the plugin, or block it with "
+                   f"CTRLGEN_DISABLE_PLUGINS={plugins[0]}")
+        else:
+            keep, other = plugins[0], plugins[1]
+            fix = (f"block all but one: CTRLGEN_DISABLE_PLUGINS={','.join(plugins[1:])} keeps {keep!r}, "
+                   f"CTRLGEN_DISABLE_PLUGINS={','.join(p for p in plugins if p != other)} keeps {other!r}")
+        return (f"Conflicting plugins provide the {singular} {self.name!r}: {listed}. ctrlgen never picks "
+                f"one silently, so {self.name!r} is unavailable (everything else works); {fix}.")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "providers": [p.to_json() for p in self.providers],
+                "message": self.message}
+
+
 class Registry(Generic[T]):
-    """Specs of one kind by normalised name, remembering who provided each."""
+    """Specs of one kind by normalised name, remembering who provided each.
+
+    A name added twice is withheld (see :class:`Conflict`): absent from :meth:`names`,
+    iteration and ``in``; :meth:`get` raises :class:`ConflictingNameError` for it.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, tuple[T, Provider]] = {}
+        self._conflicts: dict[str, list[Provider]] = {}
 
     @property
     def singular(self) -> str:
@@ -53,14 +101,17 @@ class Registry(Generic[T]):
 
     def add(self, spec: T, provider: Provider) -> None:
         key = spec.name  # specs normalise their own names
-        if key in self._items:
-            other = self._items[key][1]
-            raise PluginError(
-                f"Conflicting plugins provide the {self.singular} {key!r}: {other} and {provider}. "
-                f"ctrlgen never picks one silently; block one with "
-                f"CTRLGEN_DISABLE_PLUGINS={provider.plugin} (or ={other.plugin})."
-            )
-        self._items[key] = (spec, provider)
+        if key in self._conflicts:
+            self._conflicts[key].append(provider)
+        elif key in self._items:
+            self._conflicts[key] = [self._items.pop(key)[1], provider]
+        else:
+            self._items[key] = (spec, provider)
+
+    @property
+    def conflicts(self) -> list[Conflict]:
+        """The withheld names, each with every plugin that provides it (in load order)."""
+        return [Conflict(self.kind, key, tuple(providers)) for key, providers in sorted(self._conflicts.items())]
 
     def get(self, name: str) -> T:
         try:
@@ -69,6 +120,8 @@ class Registry(Generic[T]):
             key = str(name)
         if key in self._items:
             return self._items[key][0]
+        if key in self._conflicts:
+            raise ConflictingNameError(Conflict(self.kind, key, tuple(self._conflicts[key])).message)
         hint = difflib.get_close_matches(key, self._items, n=3)
         suggestion = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
         available = ", ".join(sorted(self._items)) or "none loaded"

@@ -101,9 +101,10 @@ class Param:
             raise ParamError(f"{label}={value!r} is not one of the choices: {options}")
         if self.type == "json":
             try:
-                json.dumps(value)
+                json.dumps(value, allow_nan=False)
             except (TypeError, ValueError):
-                raise ParamError(f"{label}={value!r} is not a JSON value (lists, numbers, strings)") from None
+                raise ParamError(f"{label}={value!r} is not a JSON value (lists, finite numbers, strings)") from None
+            check_text(value, label)
             if self.validator is not None:
                 try:
                     result = self.validator(value)
@@ -113,6 +114,7 @@ class Param:
             return value
         if not isinstance(value, str):
             raise ParamError(f"{label}={value!r} must be a string")
+        check_text(value, label)
         if self.type in ("image", "model") and not value.strip():
             raise ParamError(f"{label} is empty; give {'an image' if self.type == 'image' else 'a model'} reference")
         return value
@@ -140,6 +142,27 @@ class Param:
             "category": self.category,
             "required": self.required,
         }
+
+
+def check_text(value: Any, where: str) -> None:
+    """Raise :class:`ParamError` naming the path if a string in ``value`` (nested in lists and
+    dicts, keys too) is not valid Unicode text: a lone surrogate such as ``"\\ud800"``, which
+    JSON can carry but no text encoder, file name or UTF-8 output can."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start : exc.end]
+            raise ParamError(
+                f"{where} holds {bad!r} (at character {exc.start}), a lone UTF-16 surrogate that is not valid "
+                "Unicode text; send the character itself, or both halves of its surrogate pair") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, where)
+            check_text(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_text(item, f"{where}[{index}]")
 
 
 def _fmt(number: float) -> str:
@@ -207,6 +230,10 @@ class WeightFile:
     source: str = ""
     alternatives: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        return {"filename": self.filename, "folders": list(self.folders), "source": self.source,
+                "alternatives": list(self.alternatives)}
+
 
 @dataclass(frozen=True)
 class PreprocessResult:
@@ -244,6 +271,17 @@ class PreprocessorSpec:
         object.__setattr__(self, "params", tuple(self.params))
         _check_param_names(self.name, self.params)
 
+    @property
+    def needs_weights(self) -> bool:
+        """Whether it reads weight files from the model store (``weights`` lists them)."""
+        return bool(self.weights)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``ctrlgen plugins --json`` prints: the Param schemas and the weight files."""
+        return {"name": self.name, "description": self.description, "family": self.family,
+                "params": [p.to_json() for p in self.params], "needs_weights": self.needs_weights,
+                "weights": [w.to_json() for w in self.weights], "requires": list(self.requires)}
+
 
 @dataclass(frozen=True)
 class AdapterSpec:
@@ -252,6 +290,12 @@ class AdapterSpec:
     ``attach(context, params)`` returns a context manager. On enter it modifies
     ``context.pipeline`` / ``context.call_kwargs``; on exit (success, error or cancel)
     it restores everything it changed so the cached pipeline is clean for the next job.
+
+    ``check(context, params)`` (optional) receives the same arguments before any weights load
+    — when the engine starts a job and when the server accepts one — with ``context.pipeline``
+    None. It raises :class:`~ctrlgen.core.errors.JobError` (naming the field) for what can be
+    known from the params, the model store (file headers) and the job's images, so such a job
+    is refused at once instead of failing after the checkpoint has loaded.
     """
 
     name: str
@@ -261,11 +305,19 @@ class AdapterSpec:
     architectures: tuple[str, ...] = ("sd15", "sdxl")
     requires: tuple[str, ...] = ()
     always: bool = False
+    check: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", normalize_name(self.name))
         object.__setattr__(self, "params", tuple(self.params))
         _check_param_names(self.name, self.params)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``ctrlgen plugins --json`` prints. An adapter's weights are the models its
+        ``model`` params name (their ``category`` is the model-store folder)."""
+        return {"name": self.name, "description": self.description, "architectures": list(self.architectures),
+                "params": [p.to_json() for p in self.params], "always": self.always,
+                "requires": list(self.requires)}
 
 
 @dataclass(frozen=True)

@@ -427,10 +427,10 @@ def error_message(exc: BaseException, url: str = "") -> str:
     if isinstance(exc, AuthError):
         return ("The server refused the token. Leave the token field empty to read it from ctrlgen's config "
                 "folder (`ctrlgen config-dir`, file `token`), or paste that file's content.")
+    if isinstance(exc, ClientError) and exc.code == "model_not_found":  # at submission (422) or in the job
+        return (f"A model is missing: {exc.message} Put the file in one of your model folders "
+                "(`ctrlgen models` lists them) and press Connect to refresh the lists.")
     if isinstance(exc, JobFailed):
-        if exc.code == "model_not_found":
-            return (f"A model is missing: {exc.message} Put the file in one of your model folders "
-                    "(`ctrlgen models` lists them) and press Connect to refresh the lists.")
         if exc.code == "out_of_memory":
             return f"Out of memory: {exc.message} Try a smaller selection or fewer control layers."
         if exc.code == "cancelled":
