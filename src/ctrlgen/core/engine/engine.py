@@ -22,10 +22,10 @@ import numpy as np
 
 from ctrlgen.core.engine.jobs import Job
 from ctrlgen.core.errors import CancelledError, CtrlgenError, ImageError, JobError
-from ctrlgen.core.images import fit, pixel_perfect_resolution, to_rgb
+from ctrlgen.core.images import fit, pixel_perfect_resolution, to_mask, to_rgb
 from ctrlgen.core.plugins.events import JobEvent
 from ctrlgen.core.plugins.manager import emit_event, get_registry
-from ctrlgen.core.plugins.specs import validate_params
+from ctrlgen.core.plugins.specs import check_text, validate_params
 
 # Reads one image reference of a job (``(reference, what) -> uint8 array``: H×W grey, H×W×3
 # RGB or H×W×4 RGBA). The default reads files; the server resolves its uploads.
@@ -78,12 +78,34 @@ class GenerationContext:
 
 @dataclass
 class PreparedUnit:
+    """One ControlNet unit, checked: its model entry, validated params and (once computed) its
+    control map. From :meth:`Engine.check` ``control_image`` is None (no map computed yet)."""
+
     index: int
     model_entry: Any
-    control_image: np.ndarray
+    control_image: np.ndarray | None
     params: dict[str, Any]
     preprocessor: str
     preprocessor_params: dict[str, Any]
+
+
+@dataclass
+class CheckedJob:
+    """What :meth:`Engine.check` found, before anything loads: the checkpoint, its architecture,
+    the ControlNet units (maps not computed) and the adapters with their validated uses.
+    ``checkpoint`` is None for ``preprocess`` jobs."""
+
+    job: Job
+    checkpoint: Any = None
+    architecture: str = ""
+    units: list[PreparedUnit] = field(default_factory=list)
+    adapters: list[tuple[Any, list[dict[str, Any]]]] = field(default_factory=list)
+
+
+def _at(where: str, exc: CtrlgenError) -> CtrlgenError:
+    """``exc``, same type, with the field path ``where`` in front of its message."""
+    exc.args = (f"{where}: {exc}",)
+    return exc.with_traceback(None)
 
 
 @dataclass
@@ -150,16 +172,23 @@ class Engine:
     """Runs jobs. Thread-compatible: one job at a time per engine (the server's worker)."""
 
     def __init__(self, store: Any = None, device: str | None = None, precision: str | None = None,
-                 memory: str | None = None, vae_tiling: str | None = None) -> None:
+                 memory: str | None = None, vae_tiling: str | None = None, *, allow_paths: bool = True) -> None:
         """``device`` (auto, cpu, cuda[:N], mps), ``precision`` (auto, float16, bfloat16, float32),
         ``memory`` (auto, none, model_offload, sequential_offload) and ``vae_tiling`` (auto, on,
-        off) default to the settings (config.toml, ``CTRLGEN_*``); see :mod:`ctrlgen.core.engine.memory`."""
+        off) default to the settings (config.toml, ``CTRLGEN_*``); see :mod:`ctrlgen.core.engine.memory`.
+
+        ``allow_paths=False`` (the server) makes jobs name models only as the store knows them or
+        by paths inside the model folders, and refuses adapter params that name files (see
+        :class:`~ctrlgen.core.models.store.ModelStore`); it turns the same switch off on ``store``."""
         from ctrlgen.core.config import load_settings
         from ctrlgen.core.engine.memory import check_modes
 
         settings = load_settings()
         self.settings = settings
         self._store = store
+        self.allow_paths = allow_paths
+        if store is not None and not allow_paths:
+            store.allow_paths = False
         self._device_preference = device or settings.device
         self._precision = precision or settings.precision
         self.memory = memory or settings.memory
@@ -177,7 +206,7 @@ class Engine:
         if self._store is None:
             from ctrlgen.core.models.store import ModelStore
 
-            self._store = ModelStore.from_settings(self.settings)
+            self._store = ModelStore.from_settings(self.settings, allow_paths=self.allow_paths)
         return self._store
 
     @property
@@ -257,36 +286,150 @@ class Engine:
                 torch.cuda.empty_cache()
 
     # -- validation -------------------------------------------------------------
+    def check(self, job: Job, images: ImageSource | None = None) -> CheckedJob:
+        """Everything about ``job`` that can be known without loading weights, or the first
+        problem as a :class:`JobError`, :class:`ParamError` or :class:`ModelNotFoundError` (any
+        :class:`CtrlgenError`) whose message starts with the field path (``job.model``,
+        ``control[1].preprocessor_params.levels``, ``adapters[0] (ip_adapter).model``).
+
+        It reads the model store (file headers only), the plugin registries and the job's images
+        (through ``images``, like :meth:`run`), and loads nothing: :meth:`run` calls it before
+        anything loads, and the server calls it before it queues a job. It takes no lock, so it
+        may run while another job is running."""
+        check_text(job.model_dump(), "job")
+        if job.task == "preprocess":
+            self._check_preprocess(job, images)
+            return CheckedJob(job)
+        from ctrlgen.core.engine import tasks
+
+        # 1. The checkpoint, and whether its architecture can do this task (with ControlNets).
+        entry = self.resolve_checkpoint(job)
+        architecture = entry.identity.architecture
+        arch = tasks.architecture_spec(architecture)
+        if not arch.pipelines.get((job.task, False)):
+            arch.pipeline_class(job.task)  # raises, naming what it can do (no diffusers import here)
+        if job.control and not any(arch.pipelines.get((job.task, kind)) for kind in (True, "union")):
+            arch.pipeline_class(job.task, True)
+        if entry.identity.variant == "inpaint" and job.task != "inpaint":
+            raise JobError(
+                f"job.model: {job.model!r} is an inpainting checkpoint (9-channel UNet); it can only inpaint. "
+                "Give a mask (or outpaint), or pick a regular checkpoint for txt2img/img2img")
+        # 2. The task's own inputs: the image, the mask (its size, that it selects something)
+        #    and the outpainted canvas (within the size limit).
+        self._check_task_inputs(job, images)
+        # 3. ControlNet units and the other adapters: names, params, models, images.
+        units = self.check_units(job, architecture, images)
+        adapters = self.prepare_adapters(job, architecture, images)
+        return CheckedJob(job, entry, architecture, units, adapters)
+
     def resolve_checkpoint(self, job: Job) -> Any:
-        entry = self.store.find(job.model, category=("checkpoints", "diffusers"))
+        """The store entry of ``job.model``: found, readable, a full checkpoint of an
+        architecture ctrlgen runs (errors name ``job.model``)."""
+        try:
+            entry = self.store.find(job.model, category=("checkpoints", "diffusers"))
+        except CtrlgenError as exc:
+            raise _at("job.model", exc) from None
         architecture = entry.identity.architecture
         problem = entry.identity.details.get("error")
         if problem:
-            raise JobError(f"model {job.model!r} cannot be used: {problem}")
+            raise JobError(f"job.model: {job.model!r} cannot be used: {problem}")
         from ctrlgen.core.engine.tasks import architecture_spec
 
         try:
             architecture_spec(architecture)
         except JobError as exc:
-            raise JobError(f"model {job.model!r} ({entry.path}) is a {architecture} model: {exc}") from None
+            raise JobError(f"job.model: {job.model!r} ({entry.path}) is a {architecture} model: {exc}") from None
         if entry.identity.kind not in ("checkpoint", "pipeline"):
             raise JobError(
-                f"model {job.model!r} ({entry.path}) is a {entry.identity.kind}, not a full checkpoint; "
+                f"job.model: {job.model!r} ({entry.path}) is a {entry.identity.kind}, not a full checkpoint; "
                 "pick a checkpoint from `ctrlgen models`"
             )
         return entry
 
-    def prepare_units(self, job: Job, architecture: str, images: ImageSource | None = None) -> list[PreparedUnit]:
-        """Resolve ControlNet models, validate params and compute control maps (no model loads)."""
-        from ctrlgen.core.engine.preprocess import preprocess
+    def _check_task_inputs(self, job: Job, images: ImageSource | None) -> None:
+        """img2img/inpaint: the image reads, the mask reads at the image's size and selects
+        something, the outpainted canvas stays within the size limit (step 2 of :meth:`check`)."""
+        if job.task not in ("img2img", "inpaint"):
+            return
+        from ctrlgen.core.engine.masks import Expansion, prepare_mask
+        from ctrlgen.core.images import check_size
 
+        source = read_image(job.image, "job.image", images)
+        if job.task != "inpaint":
+            return
+        height, width = source.shape[:2]
+        mask = np.zeros((height, width), np.uint8)
+        if job.mask:
+            try:
+                mask = to_mask((images or load_image_file)(job.mask, "job.mask"), (width, height), "job.mask")
+            except ImageError as exc:  # its message starts with "job.mask"
+                raise JobError(str(exc)) from None
+        if job.outpaint is not None:
+            out = job.outpaint
+            canvas_w, canvas_h = Expansion(out.left, out.top, out.right, out.bottom).size(width, height)
+            try:
+                check_size(canvas_h, canvas_w, f"the outpainted canvas ({width}×{height} input expanded)")
+            except ImageError as exc:
+                raise JobError(f"job.outpaint: {exc}") from None
+            return  # the new area is always repainted
+        if not prepare_mask(mask, job.inpaint.grow_px, job.inpaint.invert).any():
+            raise JobError("job.mask selects nothing (after grow/invert): paint the area to change in white")
+
+    def _check_preprocess(self, job: Job, images: ImageSource | None) -> None:
+        """A ``preprocess`` job: the mask and every unit's image read, the preprocessors exist
+        and their params are valid, the mask fits each image."""
+        mask = None
+        if job.mask:
+            try:
+                mask = to_mask((images or load_image_file)(job.mask, "job.mask"), what="job.mask")
+            except ImageError as exc:  # its message starts with "job.mask"
+                raise JobError(str(exc)) from None
+        for index, unit in enumerate(job.control):
+            owner = f"control[{index}]"
+            source = read_image(unit.image or job.image, f"{owner}.image", images)
+            self._check_preprocessor(unit, owner)
+            if unit.preprocessor.lower() != "none" and mask is not None and mask.shape != source.shape[:2]:
+                raise JobError(f"job.mask is {mask.shape[1]}×{mask.shape[0]} but {owner}'s image is "
+                               f"{source.shape[1]}×{source.shape[0]}; give a mask of the image's size")
+
+    @staticmethod
+    def _check_preprocessor(unit: Any, owner: str) -> Any:
+        """The unit's registered preprocessor (None for ``none``), its params validated and its
+        Python packages present; errors name ``control[i].preprocessor(_params)``."""
+        from ctrlgen.core.engine.preprocess import check_requirements
+
+        if unit.preprocessor.lower() == "none":
+            if unit.preprocessor_params:
+                raise JobError(f"{owner}.preprocessor_params: preprocessor 'none' takes no params; drop them "
+                               "or name a preprocessor")
+            return None
+        try:
+            spec = get_registry("preprocessors").get(unit.preprocessor)
+        except CtrlgenError as exc:
+            raise _at(f"{owner}.preprocessor", exc) from None
+        validate_params(spec.params, unit.preprocessor_params, f"{owner}.preprocessor_params")
+        try:
+            check_requirements(spec)
+        except CtrlgenError as exc:
+            raise _at(f"{owner}.preprocessor", exc) from None
+        return spec
+
+    def check_units(self, job: Job, architecture: str, images: ImageSource | None = None) -> list[PreparedUnit]:
+        """The ControlNet units, checked without computing maps: the adapter's params, the
+        model (found, readable, a ControlNet for ``architecture``), the preprocessor and its
+        params, the image, and the ControlNet adapter's own rules (its ``check``)."""
         adapter = get_registry("adapters").get("controlnet")
         units: list[PreparedUnit] = []
-        width, height = job.width, job.height
         for index, unit in enumerate(job.control):
             owner = f"control[{index}]"
             params = validate_params(adapter.params, unit.adapter_params(), owner)
-            entry = self.store.find(unit.model, category=("controlnet",))
+            try:
+                entry = self.store.find(unit.model, category=("controlnet",))
+            except CtrlgenError as exc:
+                raise _at(f"{owner}.model", exc) from None
+            problem = entry.identity.details.get("error")
+            if problem:
+                raise JobError(f"{owner}.model {unit.model!r} cannot be used: {problem}")
             if entry.identity.kind != "controlnet":
                 raise JobError(f"{owner}.model {unit.model!r} ({entry.path}) is a {entry.identity.kind}, not a ControlNet")
             if entry.identity.architecture not in (architecture, "unknown"):
@@ -294,7 +437,28 @@ class Engine:
                     f"{owner}.model {unit.model!r} is a {entry.identity.architecture} ControlNet but the "
                     f"checkpoint is {architecture}; use a ControlNet made for {architecture}"
                 )
-            source = read_image(unit.image or job.image, f"{owner}.image", images)
+            spec = self._check_preprocessor(unit, owner)
+            if spec is None or not spec.hint_from_job:  # an inpaint hint is built from the job's image
+                read_image(unit.image or job.image, f"{owner}.image", images)
+            units.append(PreparedUnit(index, entry, None, params, unit.preprocessor, dict(unit.preprocessor_params)))
+        if units and adapter.check is not None:
+            adapter.check(self._check_context(job, architecture, images), units)
+        return units
+
+    def prepare_units(self, job: Job, architecture: str, images: ImageSource | None = None) -> list[PreparedUnit]:
+        """:meth:`check_units`, then each unit's control map (preprocessors run; no model loads)."""
+        return self._control_maps(job, self.check_units(job, architecture, images), images)
+
+    def _control_maps(self, job: Job, units: list[PreparedUnit], images: ImageSource | None,
+                      cancellation: Any = None) -> list[PreparedUnit]:
+        """Compute the control map of each checked unit (in place; returns ``units``)."""
+        from ctrlgen.core.engine.preprocess import preprocess
+
+        for prepared in units:
+            if cancellation is not None:
+                cancellation.check("while preprocessing")
+            unit = job.control[prepared.index]
+            source = read_image(unit.image or job.image, f"control[{prepared.index}].image", images)
             pre_params = dict(unit.preprocessor_params)
             spec = None if unit.preprocessor.lower() == "none" else get_registry("preprocessors").get(unit.preprocessor)
             if spec is None or spec.hint_from_job:
@@ -303,11 +467,18 @@ class Engine:
             else:
                 if unit.pixel_perfect and any(p.name == "detect_resolution" for p in spec.params):
                     pre_params["detect_resolution"] = pixel_perfect_resolution(
-                        (source.shape[1], source.shape[0]), (width, height), unit.resize_mode
+                        (source.shape[1], source.shape[0]), (job.width, job.height), unit.resize_mode
                     )
                 control = preprocess(unit.preprocessor, source, **pre_params).image
-            units.append(PreparedUnit(index, entry, control, params, unit.preprocessor, pre_params))
+            prepared.control_image = control
+            prepared.preprocessor_params = pre_params
         return units
+
+    def _check_context(self, job: Job, architecture: str, images: ImageSource | None) -> GenerationContext:
+        """What an adapter's ``check`` sees: a :class:`GenerationContext` without a pipeline."""
+        width, height = round_size(job.width, job.height)
+        return GenerationContext(job, self, None, architecture, {}, width, height, prompt=job.prompt,
+                                 negative_prompt=job.negative_prompt, image_source=images)
 
     def _preprocess(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None) -> JobResult:
         """A ``preprocess`` job: each control unit's map (no model loads but the annotators')."""
@@ -356,10 +527,16 @@ class Engine:
                 continue
             if param.type == "model":
                 try:
-                    self.store.find(value, category=param.category or None)
+                    entry = self.store.find(value, category=param.category or None)
                 except CtrlgenError as exc:  # same type (ModelNotFoundError, ...), message names the use
-                    exc.args = (f"{owner}.{param.name}: {exc}",)
-                    raise exc.with_traceback(None) from None
+                    raise _at(f"{owner}.{param.name}", exc) from None
+                problem = entry.identity.details.get("error")
+                if problem:
+                    raise JobError(f"{owner}.{param.name} {value!r} cannot be used: {problem}")
+                if param.category and entry.source == "path" and entry.identity.kind != "unknown" and \
+                        entry.category != param.category.lower():
+                    raise JobError(f"{owner}.{param.name} {value!r} ({entry.path}) is a {entry.identity.kind}, "
+                                   f"not a {param.category} model")
             elif param.type == "image" or (param.type == "json" and param.name.endswith("images")):
                 refs = value if isinstance(value, list) else [value]
                 for ref in refs:
@@ -380,7 +557,10 @@ class Engine:
             owner = f"adapters[{index}]"
             if use.type.strip().lower() == "controlnet":
                 raise JobError(f"{owner}: ControlNet units go in the job's `control` list, not in `adapters`")
-            spec = registry.get(use.type)
+            try:
+                spec = registry.get(use.type)
+            except CtrlgenError as exc:
+                raise _at(f"{owner}.type", exc) from None
             if architecture not in spec.architectures:
                 raise JobError(
                     f"{owner}: adapter {spec.name!r} supports {', '.join(spec.architectures)}, "
@@ -391,7 +571,13 @@ class Engine:
             groups.setdefault(spec.name, (spec, []))[1].append(params)
         always = [(spec, []) for spec in registry
                   if spec.always and spec.name not in groups and architecture in spec.architectures]
-        return always + list(groups.values())
+        prepared = always + list(groups.values())
+        context = None
+        for spec, uses in prepared:
+            if spec.check is not None:
+                context = context or self._check_context(job, architecture, images)
+                spec.check(context, uses)
+        return prepared
 
     # -- running ------------------------------------------------------------------
     def run(
@@ -451,29 +637,34 @@ class Engine:
     def _run(self, job: Job, job_id: str, emit, cancel, images: ImageSource | None, preview_every: int) -> JobResult:
         """One job, in the order a diffusers ``__call__`` reads: everything that can be checked
         without weights is checked before anything loads."""
+        from ctrlgen.core.engine.cancel import Cancellation
+
         emit("started")
+        # Cancelling works in every phase: between steps through the pipeline's interrupt flag,
+        # elsewhere (preprocessors, encoders, the VAE decode) at the next torch module call.
+        cancellation = Cancellation(cancel, job_id)
+        # 1. Check everything that needs no weights (models, params, images: Engine.check),
+        #    then compute the ControlNet units' control maps.
+        checked = self.check(job, images)
         if job.task == "preprocess":
-            return self._preprocess(job, job_id, emit, cancel, images)
+            with cancellation.armed():
+                return self._preprocess(job, job_id, emit, cancel, images)
         import torch
 
         from ctrlgen.core.engine import tasks
 
-        # 1. Resolve models: the checkpoint, what its architecture can do with this task, the
-        #    ControlNet units (models checked, control maps computed) and the other adapters.
-        entry = self.resolve_checkpoint(job)
-        architecture = entry.identity.architecture
+        entry, architecture = checked.checkpoint, checked.architecture
         arch = tasks.architecture_spec(architecture)
-        pipeline_class = arch.pipeline_class(job.task)  # can it do this task at all?
-        if job.control and not any(arch.pipelines.get((job.task, kind)) for kind in (True, "union")):
-            arch.pipeline_class(job.task, True)  # raises, naming what it can do
-        units = self.prepare_units(job, architecture, images)
-        adapters = self.prepare_adapters(job, architecture, images)
+        pipeline_class, adapters = arch.pipeline_class(job.task), checked.adapters
+        with cancellation.armed():
+            units = self._control_maps(job, checked.units, images, cancellation)
 
         # 2. Load the pipeline (cached across jobs) and take this job's view of it, with the
         #    job's sampler; the cached pipeline itself is never changed.
         from ctrlgen.core.engine.samplers import make_scheduler
 
         base = self.load_pipeline(entry)
+        cancellation.check("while its model loaded")
         scheduler = (make_scheduler(job.sampler, base.scheduler.config) if arch.a1111_samplers
                      else type(base.scheduler).from_config(base.scheduler.config))
         pipeline = tasks.pipeline_view(pipeline_class, base, scheduler=scheduler)
@@ -519,10 +710,14 @@ class Engine:
 
                 emit("preview", step=step + 1, total=total, image=latents_to_rgb(tensors["latents"], arch.latent_rgb))
             if cancel is not None and cancel.is_set():
-                pipe._interrupt = True
+                pipe._interrupt = True  # the loop stops; the armed hook stops the decode after it
+                cancellation.arm()
+            elif step + 1 == total:
+                cancellation.arm()  # what follows the loop (VAE decode, tiled or not) can be cancelled
             return tensors
 
         with contextlib.ExitStack() as stack:
+            stack.callback(cancellation.disarm)
             # 5. Attach the adapters (ControlNet units first, then the others, then inpaint's
             #    latent fill); each restores what it changed when the stack closes, whatever happens.
             if units:
@@ -638,6 +833,9 @@ def load_image_file(path: str, what: str) -> np.ndarray:
         raise JobError(f"{what}: {path} is not an image PIL can read (PNG, JPEG, WebP, TIFF, ...)") from None
     except ImageError as exc:
         raise JobError(f"{what}: {exc}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # a folder, a bad name, a huge image
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise JobError(f"{what}: cannot read {path!r} as an image: {reason}; give an image file") from None
 
 
 def fit_control(units: list[PreparedUnit], width: int, height: int, resize_modes: list[str]):
