@@ -3,7 +3,7 @@
 Public API (everything else is internal and may move; see docs/architecture.md)::
 
     # writing plugins
-    from ctrlgen import hookimpl, Param, PreprocessorSpec, AdapterSpec, ArchitectureSpec
+    from ctrlgen import hookimpl, Param, PreprocessorSpec, AdapterSpec, ArchitectureSpec, DetectorSpec, Detection
     from ctrlgen import HostBridgeSpec, ModelSourceSpec, ModelRoot, WeightFile, PreprocessResult
     # running things
     from ctrlgen import preprocess, Engine, Job, parse_job, load_job, ModelStore, Client
@@ -22,6 +22,8 @@ from ctrlgen.core.plugins.manager import hookimpl
 from ctrlgen.core.plugins.specs import (
     AdapterSpec,
     ArchitectureSpec,
+    Detection,
+    DetectorSpec,
     HostBridgeSpec,
     ModelRoot,
     ModelSourceSpec,
@@ -64,6 +66,8 @@ __all__ = [
     "ArchitectureSpec",
     "Client",
     "CtrlgenError",
+    "Detection",
+    "DetectorSpec",
     "Engine",
     "HostBridgeSpec",
     "Job",

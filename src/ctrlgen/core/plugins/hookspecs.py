@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ctrlgen.core.plugins.specs import (
         AdapterSpec,
         ArchitectureSpec,
+        DetectorSpec,
         HostBridgeSpec,
         ModelSourceSpec,
         PreprocessorSpec,
@@ -45,6 +46,20 @@ def ctrlgen_preprocessors() -> Iterable[PreprocessorSpec]:
                 params=(Param("levels", "int", default=4, min=2, max=16),),
                 description="Reduce each channel to a few levels",
             )
+    """
+
+
+@hookspec
+def ctrlgen_detectors() -> Iterable[DetectorSpec]:
+    """Yield detectors for the detailer (face/hand fixing): image in, boxes (and masks and
+    keypoints where they have them) out. Names are unique across plugins.
+
+    Example::
+
+        @hookimpl
+        def ctrlgen_detectors():
+            yield DetectorSpec(name="my_faces", run=find_faces, finds=("face",),
+                               params=(Param("confidence", "float", default=0.3, min=0, max=1),))
     """
 
 

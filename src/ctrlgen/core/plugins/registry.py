@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 _SINGULAR = {
     "preprocessors": "preprocessor",
+    "detectors": "detector",
     "adapters": "adapter",
     "host_bridges": "host bridge",
     "model_sources": "model source",
@@ -163,6 +164,10 @@ class AppContext:
     @property
     def adapters(self) -> Registry:
         return self.registry("adapters")
+
+    @property
+    def detectors(self) -> Registry:
+        return self.registry("detectors")
 
     @property
     def architectures(self) -> Registry:

@@ -426,8 +426,79 @@ class ArchitectureSpec:
         return target
 
 
+@dataclass(frozen=True)
+class Detection:
+    """One thing a detector found in an image.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in the image's pixels (x1, y1 exclusive, floats allowed);
+    ``confidence`` in ``[0, 1]``; ``label`` what it is (``face``, ``hand``, ``person`` or an open
+    label). Where the detector has them: ``mask`` (``uint8`` H×W at the image's size, 255 =
+    the thing), ``keypoints`` (``float32`` N×2 or N×3 in pixels; N×3 carries a depth-like third
+    coordinate, e.g. mediapipe's hand landmarks) and ``data`` (anything else, JSON-able:
+    handedness, landmark names, the model's class id).
+    """
+
+    box: tuple[float, float, float, float]
+    confidence: float
+    label: str
+    mask: Any = None
+    keypoints: Any = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (no mask pixels: ``has_mask`` says whether there is one)."""
+        keypoints = None if self.keypoints is None else [[float(v) for v in point] for point in self.keypoints]
+        return {"box": [round(float(v), 2) for v in self.box], "confidence": round(float(self.confidence), 4),
+                "label": self.label, "has_mask": self.mask is not None, "keypoints": keypoints,
+                "data": dict(self.data)}
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector for the detailer (face/hand fixing): RGB image in, :class:`Detection` s out.
+
+    ``run(image, **params)`` receives an RGB ``uint8`` H×W×3 array and validated params and
+    returns a list of :class:`Detection` (any order; callers sort and filter). ``finds`` says
+    what it finds (``face``, ``hand``, ``person``, or open labels such as a YOLO model's class
+    names); ``weights`` the files it reads from the model store; ``requires`` the modules it
+    imports; ``unload()`` frees what it loaded.
+    """
+
+    name: str
+    run: Callable[..., Any]
+    finds: tuple[str, ...]
+    params: tuple[Param, ...] = ()
+    description: str = ""
+    weights: tuple[WeightFile, ...] = ()
+    requires: tuple[str, ...] = ()
+    unload: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+        object.__setattr__(self, "params", tuple(self.params))
+        object.__setattr__(self, "finds", tuple(self.finds))
+        if not self.finds:
+            raise ValueError(f"detector {self.name!r}: say what it finds (finds=('face',), ('hand',), ...)")
+        _check_param_names(self.name, self.params)
+
+    @property
+    def needs_weights(self) -> bool:
+        return bool(self.weights)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "finds": list(self.finds),
+                "params": [p.to_json() for p in self.params], "needs_weights": self.needs_weights,
+                "weights": [w.to_json() for w in self.weights], "requires": list(self.requires)}
+
+
 SPEC_TYPES: dict[str, type] = {
     "preprocessors": PreprocessorSpec,
+    "detectors": DetectorSpec,
     "adapters": AdapterSpec,
     "architectures": ArchitectureSpec,
     "host_bridges": HostBridgeSpec,
