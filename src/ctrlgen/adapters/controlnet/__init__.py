@@ -50,7 +50,8 @@ def check_controlnet(context, units):
     one ``control_mode`` per shared union model, inpaint units only in inpaint jobs."""
     import os
 
-    from ctrlgen.adapters.controlnet.inpaint import is_inpaint_preprocessor
+    from ctrlgen.adapters.controlnet.inpaint import check_inpaint_unit, is_inpaint_preprocessor
+    from ctrlgen.adapters.controlnet.union import check_one_control_mode
     from ctrlgen.core.errors import JobError
 
     union = [unit.model_entry.identity.variant == "union" for unit in units]
@@ -67,15 +68,7 @@ def check_controlnet(context, units):
                 f"{unit.model_entry.name!r} is a regular one (it knows its control type): drop control_type"
             )
         if is_inpaint_preprocessor(unit.preprocessor):
-            if context.job.task != "inpaint":
-                raise JobError(
-                    f"{label}: preprocessor {unit.preprocessor!r} repaints the job's mask; give the job a mask "
-                    "(job.mask, white = repaint) or use another preprocessor"
-                )
-            if context.job.control[unit.index].image is not None:
-                raise JobError(
-                    f"{label}: an inpaint unit uses the job's image and mask; leave {label}.image unset"
-                )
+            check_inpaint_unit(context.job, unit)
     if any(union) and not all(union):
         names = ", ".join(f"control[{u.index}] ({u.model_entry.name})" for u, is_u in zip(units, union, strict=True)
                           if is_u)
@@ -84,13 +77,7 @@ def check_controlnet(context, units):
             "pipeline for both); use the union model for every unit, or only regular ControlNets"
         )
     if all(union) and len({os.path.realpath(u.model_entry.path) for u in units}) == 1:
-        control_modes = {u.params["control_mode"] for u in units}
-        if len(control_modes) > 1:
-            raise JobError(
-                f"control units {', '.join(str(u.index) for u in units)} share the union ControlNet "
-                f"{units[0].model_entry.name!r}, which runs them in one pass; give them one control_mode "
-                f"(got {', '.join(sorted(control_modes))})"
-            )
+        check_one_control_mode(units)
 
 
 @contextlib.contextmanager
@@ -155,8 +142,7 @@ def _regular_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
 def _union_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
     from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
 
-    from ctrlgen.adapters.controlnet.union import resolve_control_type
-    from ctrlgen.core.errors import JobError
+    from ctrlgen.adapters.controlnet.union import check_one_control_mode, resolve_control_type
 
     models = [context.engine.load_controlnet(u.model_entry, context.architecture) for u in units]
     modes = [
@@ -172,13 +158,7 @@ def _union_controlnet(context, units, images) -> tuple[Any, dict[str, Any]]:
     }
     if all(m is models[0] for m in models):
         # One union model: one pass with every control image, as the model was trained for.
-        control_modes = {u.params["control_mode"] for u in units}
-        if len(control_modes) > 1:
-            raise JobError(
-                f"control units {', '.join(str(u.index) for u in units)} share the union ControlNet "
-                f"{units[0].model_entry.name!r}, which runs them in one pass; give them one control_mode "
-                f"(got {', '.join(sorted(control_modes))})"
-            )
+        check_one_control_mode(units)
         return _moded(context, units[0], models[0]), kwargs
     return MultiControlNetUnionModel([_moded(context, u, m) for u, m in zip(units, models, strict=True)]), kwargs
 

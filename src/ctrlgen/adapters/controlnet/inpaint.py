@@ -20,10 +20,23 @@ def is_inpaint_preprocessor(name: str) -> bool:
     return name in registry and registry.get(name).hint_from_job
 
 
+def check_inpaint_unit(job, unit, has_mask: bool = True) -> None:
+    """An inpaint unit needs an inpaint job (a mask) and takes the job's own image."""
+    from ctrlgen.core.errors import JobError
+
+    label = f"control[{unit.index}]"
+    if job.task != "inpaint" or not has_mask:
+        raise JobError(
+            f"{label}: preprocessor {unit.preprocessor!r} repaints the job's mask; give the job a mask "
+            "(job.mask, white = repaint) or use another preprocessor"
+        )
+    if job.control[unit.index].image is not None:
+        raise JobError(f"{label}: an inpaint unit uses the job's image and mask; leave {label}.image unset")
+
+
 def control_images(context, units, union_kind: bool) -> list[Any]:
     """Each unit's control image at the generation size: PIL maps, or the inpaint hint."""
     from ctrlgen.core.engine.engine import fit_control
-    from ctrlgen.core.errors import JobError
 
     frame = getattr(context, "inpaint_frame", None)
     if frame is not None:  # maps over the picture -> the outpainted canvas / the only-masked crop
@@ -35,16 +48,7 @@ def control_images(context, units, union_kind: bool) -> list[Any]:
     for position, unit in enumerate(units):
         if not is_inpaint_preprocessor(unit.preprocessor):
             continue
-        label = f"control[{unit.index}]"
-        if context.job.task != "inpaint" or "mask_image" not in context.call_kwargs:
-            raise JobError(
-                f"{label}: preprocessor {unit.preprocessor!r} repaints the job's mask; give the job a mask "
-                "(job.mask, white = repaint) or use another preprocessor"
-            )
-        if context.job.control[unit.index].image is not None:
-            raise JobError(
-                f"{label}: an inpaint unit uses the job's image and mask; leave {label}.image unset"
-            )
+        check_inpaint_unit(context.job, unit, has_mask="mask_image" in context.call_kwargs)
         images[position] = inpaint_hint(context, unit, tensor=not union_kind)
     return images
 

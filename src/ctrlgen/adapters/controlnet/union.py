@@ -71,3 +71,14 @@ def resolve_control_type(requested: str, preprocessor: str, num_control_types: i
             f"{', '.join(CONTROL_TYPES[:num_control_types])}"
         )
     return index
+
+
+def check_one_control_mode(units) -> None:
+    """Units that share one union ControlNet run in one pass: they need one ``control_mode``."""
+    control_modes = {u.params["control_mode"] for u in units}
+    if len(control_modes) > 1:
+        raise JobError(
+            f"control units {', '.join(str(u.index) for u in units)} share the union ControlNet "
+            f"{units[0].model_entry.name!r}, which runs them in one pass; give them one control_mode "
+            f"(got {', '.join(sorted(control_modes))})"
+        )
