@@ -6,7 +6,7 @@ Public API (everything else is internal and may move; see docs/architecture.md):
     from ctrlgen import hookimpl, Param, PreprocessorSpec, AdapterSpec, ArchitectureSpec, DetectorSpec, Detection
     from ctrlgen import HostBridgeSpec, ModelSourceSpec, ModelRoot, WeightFile, PreprocessResult
     # running things
-    from ctrlgen import preprocess, Engine, Job, parse_job, load_job, ModelStore, Client
+    from ctrlgen import preprocess, detect, Engine, Job, parse_job, load_job, ModelStore, Client
     from ctrlgen import CtrlgenError, JobError, ModelNotFoundError
 
 Engine, Job, parse_job, load_job, ModelStore and Client are imported on first use, so
@@ -61,6 +61,36 @@ def preprocess(name: str, image, mask=None, **params) -> PreprocessResult:
     return _preprocess(name, image, mask, **params)
 
 
+def fix(image, passes, model: str | None = None, **options):
+    """Fix faces, hands, ... in an existing image without regenerating it: run the fix
+    ``passes`` (each a :class:`~ctrlgen.core.engine.jobs.DetailPass`, a dict of its fields or
+    a detector name) on ``image`` (a path, a PIL image or a uint8 array) with checkpoint
+    ``model``, and return the :class:`JobResult` (``images[0]`` the fixed picture, ``data[0]``
+    what each pass found and repainted). ``options`` are other job fields (``prompt``,
+    ``seed``, ``steps``, ``sampler``, ...) plus ``engine=`` (an :class:`Engine`; default: one
+    shared engine from the settings), ``on_event=`` and ``cancel=``. See docs/fixing.md."""
+    from ctrlgen.core.engine.scripting import fix as _fix
+
+    return _fix(image, passes, model, **options)
+
+
+def detect(name: str, image, **params) -> list[Detection]:
+    """Run the detector ``name`` on ``image``: the faces, hands or people it finds, most confident first.
+
+    ``image`` is a numpy array (RGB/RGBA/grey) or a PIL image; ``params`` are the detector's
+    (``ctrlgen plugins --all`` lists each detector's schema), checked before anything runs.
+    Each :class:`Detection` has a box ``(x0, y0, x1, y1)`` in pixels, a confidence, a label
+    and, where the detector has them, a mask and keypoints::
+
+        faces = ctrlgen.detect("mediapipe_face_full", photo, confidence=0.5)
+
+    See docs/detectors.md and :func:`ctrlgen.core.engine.detect.detect`.
+    """
+    from ctrlgen.core.engine.detect import detect as _detect
+
+    return _detect(name, image, **params)
+
+
 __all__ = [
     "AdapterSpec",
     "ArchitectureSpec",
@@ -82,6 +112,7 @@ __all__ = [
     "PreprocessorSpec",
     "WeightFile",
     "__version__",
+    "detect",
     "hookimpl",
     "load_job",
     "parse_job",

@@ -1,5 +1,5 @@
 """docs/cli.md (`ctrlgen plugins --json`) and docs/protocol.md (`/v1/capabilities`) name every
-key of the schemas ctrlgen prints for plugins, preprocessors, adapters, params, weights and conflicts."""
+key of the schemas ctrlgen prints for plugins, preprocessors, detectors, adapters, params, weights and conflicts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ctrlgen.core.plugins.manager import PluginInfo
 from ctrlgen.core.plugins.registry import Conflict, Provider
-from ctrlgen.core.plugins.specs import AdapterSpec, Param, PreprocessorSpec, WeightFile
+from ctrlgen.core.plugins.specs import AdapterSpec, DetectorSpec, Param, PreprocessorSpec, WeightFile
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -29,11 +29,12 @@ def samples() -> dict[str, dict]:
     weight = WeightFile("net.pth", source="org/repo")
     preprocessor = PreprocessorSpec(name="p", run=lambda image, mask=None: image, params=(param,), weights=(weight,))
     adapter = AdapterSpec(name="a", attach=lambda context, uses: None, params=(param,))
+    detector = DetectorSpec(name="d", run=lambda image: [], finds=("face",), params=(param,), weights=(weight,))
     provider = Provider("plugin", "dist", "1.0")
     info = PluginInfo("plugin", "dist", "1.0", builtin=False,
-                      specs={"preprocessors": [preprocessor], "adapters": [adapter]})
+                      specs={"preprocessors": [preprocessor], "detectors": [detector], "adapters": [adapter]})
     return {"param": param.to_json(), "weight": weight.to_json(), "preprocessor": preprocessor.to_json(),
-            "adapter": adapter.to_json(), "plugin": info.to_json(),
+            "detector": detector.to_json(), "adapter": adapter.to_json(), "plugin": info.to_json(),
             "conflict": Conflict("preprocessors", "p", (provider, provider)).to_json(),
             "provider": provider.to_json()}
 

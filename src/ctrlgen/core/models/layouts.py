@@ -26,6 +26,7 @@ CATEGORIES = (
     "clip_vision",
     "insightface",
     "annotators",
+    "detectors",
     "unet",
     "text_encoders",
 )
@@ -42,6 +43,8 @@ CATEGORY_ALIASES = {
     "embedding": "embeddings",
     "textual_inversion": "embeddings",
     "annotator": "annotators",
+    "adetailer": "detectors",
+    "ultralytics": "detectors",
     "diffusion_models": "unet",
     "transformer": "unet",
     "clip": "text_encoders",
@@ -86,6 +89,8 @@ MODELS_SUBFOLDERS = {
     "clip": "text_encoders",
     "text_encoders": "text_encoders",
     "controlnetpreprocessor": "annotators",  # Forge
+    "adetailer": "detectors",  # ADetailer's YOLO models (ctrlgen reads their .onnx exports)
+    "ultralytics": "detectors",  # ComfyUI-Impact-Pack: ultralytics/bbox, ultralytics/segm
 }
 
 # Folders outside ``models`` (relative to the install folder).
@@ -107,6 +112,7 @@ SUGGESTED_FOLDERS = {
         "embeddings": "embeddings",
         "insightface": "models/insightface",
         "annotators": "extensions/sd-webui-controlnet/annotator/downloads",
+        "detectors": "models/adetailer",
         "clip_vision": "extensions/sd-webui-controlnet/annotator/downloads/clip_vision",
     },
     "comfyui": {
@@ -122,6 +128,7 @@ SUGGESTED_FOLDERS = {
         "unet": "models/diffusion_models",
         "text_encoders": "models/text_encoders",
         "annotators": "custom_nodes/comfyui_controlnet_aux/ckpts",
+        "detectors": "models/ultralytics/bbox",
     },
 }
 

@@ -49,7 +49,7 @@ __all__ = ["CATEGORIES", "AmbiguousModelError", "ModelEntry", "ModelStore", "Pat
 
 log = logging.getLogger("ctrlgen.models")
 
-_UNINSPECTED = ("annotators", "insightface")  # looked up by file name, never identified
+_UNINSPECTED = ("annotators", "insightface", "detectors")  # looked up by file name, never identified
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -169,6 +169,9 @@ def _categorize(folder: CategoryFolder, identity: ModelIdentity, path: Path, rel
     where = f"{folder.repo}/{relative}".lower()
     if path.suffix.lower() == ".onnx" and any(w in where for w in ("antelopev2", "buffalo", "insightface")):
         return "insightface"
+    if path.suffix.lower() == ".onnx" and (re.search(r"yolov\d", where) or "adetailer" in where
+                                           or "ultralytics" in where):  # not DWPose's yolox_l.onnx
+        return "detectors"
     return "annotators"
 
 

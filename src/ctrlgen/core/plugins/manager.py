@@ -57,6 +57,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ctrlgen.preprocessors.shuffle",
     "ctrlgen.preprocessors.tile",
     "ctrlgen.preprocessors.inpaint",
+    "ctrlgen.detectors.mediapipe_face",
+    "ctrlgen.detectors.mediapipe_hands",
+    "ctrlgen.detectors.mediapipe_person",
+    "ctrlgen.detectors.scrfd",
+    "ctrlgen.detectors.yolo",
+    "ctrlgen.detectors.sam",
+    "ctrlgen.detectors.cli",
     "ctrlgen.core.engine.architectures",
     "ctrlgen.adapters.controlnet",
     "ctrlgen.adapters.reference",
@@ -103,7 +110,7 @@ class PluginInfo:
     provides: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     blocked: bool = False
-    # What its ctrlgen_preprocessors / ctrlgen_adapters yielded (conflicting names included).
+    # What its ctrlgen_preprocessors / _detectors / _adapters yielded (conflicting names included).
     specs: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
@@ -134,7 +141,7 @@ class PluginInfo:
             "errors": list(self.errors),
             "blocked": self.blocked,
         }
-        for kind in ("preprocessors", "adapters"):  # their Param schemas, as hosts build widgets from
+        for kind in ("preprocessors", "detectors", "adapters"):  # their Param schemas, as hosts build widgets from
             if self.specs.get(kind):
                 data[kind] = [spec.to_json() for spec in sorted(self.specs[kind], key=lambda s: s.name)]
         return data
@@ -276,7 +283,7 @@ class PluginHost:
             for spec in specs:
                 registry.add(spec, info.provider())
                 info.provides.setdefault(kind, []).append(spec.name)
-                if kind in ("preprocessors", "adapters"):
+                if kind in ("preprocessors", "detectors", "adapters"):
                     info.specs.setdefault(kind, []).append(spec)
         if registry.conflicts and strict_plugins():
             raise ConflictingNameError(registry.conflicts[0].message)
