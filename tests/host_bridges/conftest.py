@@ -4,7 +4,7 @@ Fixtures:
 
 * ``live_server`` (session): one `ctrlgen serve --port 0` subprocess shared by the bridge tests
   (server, client, Krita, tests/docs), CPU, its own config folder, the model root below;
-* ``server_factory(*args, config_dir=None)``: another server with extra options (small queue,
+* ``server_factory(*args, config_dir=None, model_root=None)``: another server with extra options (small queue,
   Unix socket, ...) for one test, stopped after it;
 * ``launch_server(config_dir, model_root, *args)``: start `ctrlgen serve` without waiting;
 * ``bridge_model_root``: an A1111 root with ``tiny-sd15`` and ``tiny-controlnet-sd15``.
@@ -46,6 +46,7 @@ class LiveServer:
     controlnet: str = TINY_CONTROLNET
     log_path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    model_root: Path | None = None  # the model folder it serves
 
     @property
     def host(self) -> str:
@@ -190,7 +191,8 @@ def start_server(config_dir: Path, model_root: Path, *args: str, timeout: float 
         time.sleep(0.05)
     token = (config_dir / "token").read_text().strip()
     return LiveServer(url=info["url"], token=token, config_dir=config_dir, model=TINY_MODEL, process=process,
-                      unix_socket=info.get("unix_socket"), log_path=config_dir / "serve.log", info=info)
+                      unix_socket=info.get("unix_socket"), log_path=config_dir / "serve.log", info=info,
+                      model_root=model_root)
 
 
 @pytest.fixture(scope="session")
@@ -226,12 +228,13 @@ def launch_server():
 
 @pytest.fixture
 def server_factory(tmp_path, bridge_model_root) -> Iterator[Any]:
-    """``server_factory(*args)`` starts a server with extra options for one test; all are stopped after."""
+    """``server_factory(*args, config_dir=None, model_root=None)`` starts a server with extra options
+    (and its own model root, if given) for one test; all are stopped after."""
     started: list[LiveServer] = []
 
-    def make(*args: str, config_dir: Path | None = None) -> LiveServer:
+    def make(*args: str, config_dir: Path | None = None, model_root: Path | None = None) -> LiveServer:
         folder = config_dir or tmp_path / f"server-{len(started)}"
-        server = start_server(folder, bridge_model_root, *args)
+        server = start_server(folder, model_root or bridge_model_root, *args)
         started.append(server)
         return server
 

@@ -88,11 +88,12 @@ def test_run_inpaint_matches_the_engine_in_process(live_server, client, canvas, 
     assert [e.id for e in events] == list(range(1, len(events) + 1))
     assert [e.kind for e in events] == ["queued", "started", "progress", "progress", "progress", "finished"]
     assert [e.data["step"] for e in events if e.kind == "progress"] == [1, 2, 3]
-    assert events[-1].data["results"] == [{"index": 0, "width": 64, "height": 64, "seed": 11}]
+    # RGBA in (as Krita sends its layers), RGBA out.
+    assert events[-1].data["results"] == [{"index": 0, "width": 64, "height": 64, "channels": 4, "seed": 11}]
     assert len(results) == 1
     served = results[0]
-    assert (served.width, served.height, served.channels) == (64, 64, 3)
-    assert isinstance(served.data, bytes) and len(served.data) == 64 * 64 * 3
+    assert (served.width, served.height, served.channels) == (64, 64, 4)
+    assert isinstance(served.data, bytes) and len(served.data) == 64 * 64 * 4
 
     from ctrlgen.core.engine.engine import Engine
     from ctrlgen.core.engine.jobs import parse_job
@@ -105,8 +106,8 @@ def test_run_inpaint_matches_the_engine_in_process(live_server, client, canvas, 
     expected = np.asarray(local.images[0])
     assert np.array_equal(array_of(served), expected)
     # Inpainting keeps every pixel outside the (feathered) mask: the corners are the canvas's.
-    assert np.array_equal(array_of(served)[:4, :4], array_of(canvas)[:4, :4, :3])
-    assert not np.array_equal(array_of(served), array_of(canvas)[:, :, :3])
+    assert np.array_equal(array_of(served)[:4, :4], array_of(canvas)[:4, :4])
+    assert not np.array_equal(array_of(served), array_of(canvas))
 
 
 def test_step_by_step_flow_and_upload_dedup(live_server, client, canvas, mask):
@@ -135,7 +136,7 @@ def test_step_by_step_flow_and_upload_dedup(live_server, client, canvas, mask):
     import io
 
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), array_of(raw))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array_of(raw))  # RGBA in, RGBA out
     # Events replay from the start, or after a given id.
     assert [e.id for e in client.events(job_id, after=2)] == [3, 4, 5]
     assert list(client.events(job_id, after=5)) == []
@@ -183,11 +184,16 @@ def test_event_stream_resumes_after_the_connection_drops(live_server, client):
 
 
 def test_job_error_raises_job_failed(live_server, client):
-    # The model is looked up when the job runs: the job ends with an error event.
-    with pytest.raises(JobFailed) as info:
+    # A missing model is refused at submission (422, the job error's code) ...
+    with pytest.raises(ClientError) as refused:
         client.run({"model": "no-such-model", "prompt": "x", "steps": 2, "width": 64, "height": 64})
-    assert info.value.code == "model_not_found"
-    assert "no-such-model" in str(info.value) and info.value.job_id
+    assert (refused.value.status, refused.value.code) == (422, "model_not_found")
+    assert "no-such-model" in str(refused.value) and not isinstance(refused.value, JobFailed)
+    # ... what only the loaded checkpoint tells ends the job with an error event.
+    with pytest.raises(JobFailed) as info:
+        client.run({"model": live_server.model, "prompt": "x", "steps": 2, "width": 64, "height": 64, "clip_skip": 12})
+    assert info.value.code == "invalid_job"
+    assert "clip_skip" in str(info.value) and info.value.job_id
     assert client.health()["status"] == "ok"
 
 
@@ -243,10 +249,13 @@ def test_unix_socket_and_evicted_uploads(server_factory, tmp_path, canvas, mask)
         assert client.unix_socket == path  # discovery prefers the socket when there is one
         job = inpaint_job(server, steps=1)
         first = client.run(job, images={"image": canvas, "mask": mask})
-        # Two other uploads push the canvas and mask out of the server's 40 KiB of upload memory...
+        # Two other uploads push the canvas and mask out of the server's 40 KiB of upload memory,
+        # and their files are deleted behind the server's back...
         for value in (1, 2):
             client.upload(RawImage(bytes([value]) * (64 * 64 * 4), 64, 64, 4))
-        status, _, _ = client.request("HEAD", f"/v1/images/{client.upload(canvas)[7:]}", ok=(200, 404))
+        digest = client.upload(canvas)[7:]
+        (server.config_dir / "server" / "uploads" / digest).unlink()
+        status, _, _ = client.request("HEAD", f"/v1/images/{digest}", ok=(200, 404))
         assert status == 404
         # ...which this client still believes the server has: run() notices and uploads them again.
         again = client.run(job, images={"image": canvas, "mask": mask})

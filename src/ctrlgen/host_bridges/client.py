@@ -87,7 +87,24 @@ def read_server_info(folder: Path | str | None = None) -> dict[str, Any]:
         raise ServerNotRunning(f"cannot read {path} ({exc}): restart the server with `ctrlgen serve`") from None
     if not isinstance(info, dict) or not (info.get("url") or info.get("unix_socket")):
         raise ServerNotRunning(f"{path} names no url or unix_socket: restart the server with `ctrlgen serve`")
+    pid = info.get("pid")
+    if isinstance(pid, int) and not process_alive(pid):
+        raise ServerNotRunning(f"{path} is stale: the server that wrote it (pid {pid}) is no longer running; "
+                               "start it with `ctrlgen serve`")
     return info
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True where that cannot be told)."""
+    if os.name != "posix" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_fifty_clients_two_hundred_jobs(live_server):
         kinds = Counter(kind for _, kind, _ in events)
         assert kinds == {"queued": 1, "started": 1, "progress": 1, "finished": 1}, (index, events)
         # Exactly once and the right job: its one result carries the seed it was submitted with.
-        assert events[-1][2]["results"] == [{"index": 0, "width": 64, "height": 64, "seed": index}]
+        assert events[-1][2]["results"] == [{"index": 0, "width": 64, "height": 64, "channels": 3, "seed": index}]
 
     # FIFO: listed in submission order, the jobs started one after another in that same order.
     status, listing = server.json("GET", "/v1/jobs")

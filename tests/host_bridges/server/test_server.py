@@ -72,7 +72,7 @@ def test_full_flow_matches_the_engine_in_process(live_server, photo, tmp_path, b
     assert kinds == ["queued", "started", "progress", "progress", "progress", "finished"]
     assert [event_id for event_id, _, _ in events] == list(range(1, 7))
     assert [data["step"] for _, kind, data in events if kind == "progress"] == [1, 2, 3]
-    assert events[-1][2] == {"results": [{"index": 0, "width": 64, "height": 64, "seed": 5}]}
+    assert events[-1][2] == {"results": [{"index": 0, "width": 64, "height": 64, "channels": 3, "seed": 5}]}
 
     status, headers, raw = live_server.request("GET", f"/v1/jobs/{job_id}/results/0")
     assert status == 200 and headers["content-type"] == RAW
@@ -208,6 +208,32 @@ def test_cancel_a_queued_job(live_server):
     assert live_server.wait(running)[-1][1] == "cancelled"
 
 
+def test_cancel_answers_by_state_and_positions(live_server):
+    """docs/protocol.md: cancelling a queued job answers `cancelled` at once, the running one
+    `running` (its `cancelled` event follows), an ended one its status, unchanged. `position`
+    counts what runs before a queued job, the running one included; running and ended jobs: 0."""
+    done = live_server.submit(small_job(live_server))
+    assert live_server.wait(done)[-1][1] == "finished"
+    running = live_server.submit(small_job(live_server, steps=150, width=128, height=128))
+    stream = live_server.events(running)
+    assert next(kind for _, kind, _ in stream if kind == "progress")
+    queued = live_server.submit(small_job(live_server))
+    positions = {item["id"]: item["position"] for item in live_server.json("GET", "/v1/jobs")[1]["jobs"]}
+    assert (positions[done], positions[running], positions[queued]) == (0, 0, 1)
+
+    assert live_server.json("POST", f"/v1/jobs/{queued}/cancel") == (200, {"id": queued, "status": "cancelled"})
+    assert live_server.json("GET", f"/v1/jobs/{queued}")[1]["status"] == "cancelled"
+    assert live_server.json("POST", f"/v1/jobs/{running}/cancel") == (200, {"id": running, "status": "running"})
+    rest = [kind for _, kind, _ in stream]
+    assert rest[-1] == "cancelled" and rest.count("progress") < 20
+    for job_id, status in ((running, "cancelled"), (queued, "cancelled"), (done, "finished")):
+        assert live_server.json("POST", f"/v1/jobs/{job_id}/cancel") == (200, {"id": job_id, "status": status})
+        item = live_server.json("GET", f"/v1/jobs/{job_id}")[1]
+        assert (item["status"], item["position"]) == (status, 0)
+    assert live_server.request("GET", f"/v1/jobs/{done}/results/0")[0] == 200
+    assert [kind for _, kind, _ in live_server.wait(done)][-1] == "finished"  # no cancelled event after it
+
+
 def test_event_stream_reconnects_where_it_left_off(live_server):
     job_id = live_server.submit(small_job(live_server, steps=6))
     # Drop the connection in the middle of the job, as a client losing its network would...
@@ -243,15 +269,21 @@ def test_quiet_event_streams_get_keepalive_comments(server_factory):
 
 
 def test_a_job_error_leaves_the_server_serving(live_server):
-    job_id = live_server.submit(small_job(live_server, model="no-such-model"))
-    events = live_server.wait(job_id)
-    assert [kind for _, kind, _ in events] == ["queued", "started", "error"]
-    assert events[-1][2]["code"] == "model_not_found" and "no-such-model" in events[-1][2]["message"]
-    status, item = live_server.json("GET", f"/v1/jobs/{job_id}")
-    assert item["status"] == "error" and item["error"]["code"] == "model_not_found"
+    # A missing model is known before the job is queued: 422, with the job error's code.
+    status, _, body = live_server.request("POST", "/v1/jobs", {"job": small_job(live_server, model="no-such-model")})
+    assert status == 422 and error_of(body)[0] == "model_not_found" and "no-such-model" in error_of(body)[1]
     bad_unit = small_job(live_server, control=[{"model": "no-such-controlnet", "preprocessor": "none"}],
                          image=live_server.upload(np.zeros((64, 64, 3), np.uint8)))
-    assert live_server.wait(live_server.submit(bad_unit))[-1][2]["code"] == "model_not_found"
+    status, _, body = live_server.request("POST", "/v1/jobs", {"job": bad_unit})
+    assert status == 422 and "control[0].model" in error_of(body)[1]
+    # What only the loaded checkpoint tells (the tiny text encoder has too few layers for this
+    # clip_skip) ends the job with an error event.
+    job_id = live_server.submit(small_job(live_server, clip_skip=12))
+    events = live_server.wait(job_id)
+    assert [kind for _, kind, _ in events] == ["queued", "started", "error"]
+    assert events[-1][2]["code"] == "invalid_job" and "job.clip_skip=12" in events[-1][2]["message"]
+    status, item = live_server.json("GET", f"/v1/jobs/{job_id}")
+    assert item["status"] == "error" and item["error"]["code"] == "invalid_job"
     ok = live_server.submit(small_job(live_server))
     assert live_server.wait(ok)[-1][1] == "finished"
     assert live_server.json("GET", "/v1/health")[0] == 200
@@ -526,16 +558,19 @@ def test_upload_memory_is_bounded_and_spares_images_jobs_use(server_factory):
     job_id = server.submit(small_job(server, refs[0], steps=150, width=128, height=128))  # pins images[0]
     refs += [server.upload(image) for image in images[1:3]]  # 36 KiB in memory
     assert server.request("HEAD", f"/v1/images/{refs[1][7:]}")[0] == 200  # a use: now the newest
-    refs.append(server.upload(images[3]))  # no room: the least recently used one no job needs goes
+    refs.append(server.upload(images[3]))  # no room: the least recently used one no job needs leaves memory
+    memory = server.json("GET", "/v1/health")[1]["uploads"]
+    assert memory["memory_limit_bytes"] == 40 * 1024 and memory["in_memory_bytes"] <= 40 * 1024
+    # ...but not the server: it is read back from its file when a job names it
     known = [server.request("HEAD", f"/v1/images/{ref[7:]}")[0] for ref in refs]
-    assert known == [200, 200, 404, 200]
-    status, _, body = server.request("POST", "/v1/jobs", {"job": small_job(server, refs[2])})
-    assert status == 422 and refs[2] in error_of(body)[1]
+    assert known == [200, 200, 200, 200]
+    evicted = server.submit(small_job(server, refs[2], steps=1))
+    server.json("POST", f"/v1/jobs/{job_id}/cancel")
+    assert server.wait(evicted)[-1][1] == "finished"
     big = np.zeros((128, 128, 3), np.uint8)  # 48 KiB: more than all upload memory
     status, _, body = server.request("PUT", f"/v1/images/{hashlib.sha256(big.tobytes()).hexdigest()}",
                                      big.tobytes(), raw_headers(128, 128, 3))
     assert status == 413 and error_of(body)[0] == "too_large"
-    server.json("POST", f"/v1/jobs/{job_id}/cancel")
 
 
 def test_cli_help_imports_no_server_or_engine(tmp_path):
@@ -551,3 +586,13 @@ def test_cli_help_imports_no_server_or_engine(tmp_path):
                                capture_output=True, text=True, check=True).stdout
     for option in ("--unix-socket", "--allow-remote", "--allowed-origin", "--result-ttl", "--max-queue"):
         assert option in help_text
+
+
+def test_capabilities_list_the_detectors(live_server):
+    status, caps = live_server.json("GET", "/v1/capabilities")
+    assert status == 200
+    by_name = {d["name"]: d for d in caps["detectors"]}
+    assert by_name["mediapipe_face_full"]["finds"] == ["face"]
+    assert by_name["mediapipe_hands"]["finds"] == ["hand"]
+    assert by_name["scrfd"]["needs_weights"] and by_name["scrfd"]["weights"]
+    assert all(isinstance(d["params"], list) and "needs_weights" in d for d in caps["detectors"])

@@ -3,9 +3,13 @@
 - ``app.py`` — the app and every ``/v1/`` HTTP route (capabilities, uploads, jobs, events,
   results, preprocess, health), server configuration and start-up.
 - ``models.py`` — request bodies (they also make the OpenAPI document).
-- ``jobs.py`` — the job queue and its worker thread, events and results.
-- ``uploads.py`` — content-addressed uploads held in memory, bounded.
+- ``jobs.py`` — the job queue and its worker thread, events and results; rebuilt from the
+  journal after a restart.
+- ``journal.py`` — the job journal (SQLite, WAL): what was acknowledged survives ``kill -9``.
+- ``files.py`` — uploads and results as files by hash (written atomically), the outputs folder.
+- ``uploads.py`` — content-addressed uploads: on disk, with a bounded memory cache.
 - ``images.py`` — image bodies in (raw, PNG, WebP) and out.
+- ``http.py`` — the connection layer: JSON answers for what is not HTTP, stalled clients cut off.
 - ``security.py`` — the token file and the Host/Origin/token checks on every request.
 - ``cli.py`` — the ``serve`` command's arguments (a ``ctrlgen_cli_commands`` plugin).
 """

@@ -14,22 +14,24 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ctrlgen._version import __version__
-from ctrlgen.core.errors import CtrlgenError, JobError
+from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError
+from ctrlgen.host_bridges.server.files import FileStore, OutputWriter, private_folder
 from ctrlgen.host_bridges.server.images import (
     RAW_TYPE,
     ApiError,
@@ -39,7 +41,25 @@ from ctrlgen.host_bridges.server.images import (
     read_body,
 )
 from ctrlgen.host_bridges.server.jobs import TERMINAL, JobQueue, JobRecord, new_job_id
-from ctrlgen.host_bridges.server.models import PreprocessRequest, SubmitRequest
+from ctrlgen.host_bridges.server.journal import Journal
+from ctrlgen.host_bridges.server.models import (
+    CancelAnswer,
+    Capabilities,
+    Health,
+    JobDetail,
+    JobList,
+    PreprocessRequest,
+    SubmitAnswer,
+    SubmitRequest,
+    UploadAnswer,
+)
+from ctrlgen.host_bridges.server.openapi import (
+    RAW_IMAGE_HEADERS,
+    binary,
+    build_document,
+    errors,
+    event_stream_content,
+)
 from ctrlgen.host_bridges.server.security import Guard, load_or_create_token
 from ctrlgen.host_bridges.server.uploads import REF_PREFIX, StoreFull, Upload, UploadStore, is_ref
 
@@ -66,6 +86,11 @@ class ServerConfig:
     max_upload_memory: int = 2 * 2**30
     keepalive_s: float = 15.0
     config_dir: Path | None = None
+    state_dir: Path | None = None  # journal, uploads, results (default: CONFIG/server)
+    outputs_dir: Path | None = None  # PNGs of every result (default: CONFIG/outputs)
+    save_outputs: bool = True
+    outputs_max_bytes: int = 20 * 2**30
+    stall_timeout_s: float = 30.0  # headers must arrive, and a body must not pause, for longer
     log_level: str = "warning"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -114,10 +139,25 @@ def _image_fields(job) -> list[tuple[str, str]]:
 
 
 def create_app(config: ServerConfig, token: str):
-    """The ASGI application (FastAPI wrapped in the security guard)."""
-    uploads = UploadStore(config.max_upload_memory)
+    """The ASGI application (FastAPI wrapped in the security guard). Its state (journal, uploads,
+    results) is in ``config.state_dir``; the jobs the journal holds are queued again."""
+    from ctrlgen.core.config import config_dir
+
+    base = config.config_dir or config_dir()
+    state = private_folder(config.state_dir or base / "server")
+    lock = _lock_state(state)
+    journal = Journal(state)
+    uploads = UploadStore(config.max_upload_memory, FileStore(state / "uploads"), journal,
+                          ttl_s=config.result_ttl_s)
+    outputs = (OutputWriter(config.outputs_dir or base / "outputs", config.outputs_max_bytes)
+               if config.save_outputs else None)
     queue = JobQueue(uploads, device=config.device, max_queue=config.max_queue, max_kept=config.max_results,
-                     result_ttl_s=config.result_ttl_s)
+                     result_ttl_s=config.result_ttl_s, journal=journal, results=FileStore(state / "results"),
+                     outputs=outputs)
+    restored = queue.restore()
+    if restored["queued"] or restored["rerun"] or restored["interrupted"]:
+        log.warning("restored from the journal in %s: %d queued job(s), %d running job(s) to run again, "
+                    "%d interrupted", state, restored["queued"], restored["rerun"], restored["interrupted"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -127,6 +167,7 @@ def create_app(config: ServerConfig, token: str):
             while True:
                 await asyncio.sleep(PURGE_EVERY_S)
                 queue.purge()
+                await run_in_threadpool(uploads.collect)
 
         purger = asyncio.create_task(purge_regularly())
         try:
@@ -134,12 +175,16 @@ def create_app(config: ServerConfig, token: str):
         finally:
             purger.cancel()
             queue.stop()
+            await run_in_threadpool(_close_state, queue, uploads, outputs, journal)
 
     app = FastAPI(title="ctrlgen bridge", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json",
-                  description="Protocol v1 of the ctrlgen host bridge; see docs/protocol.md.")
+                  description="Protocol v1 of the ctrlgen host bridge; see docs/protocol.md. Every request "
+                  "carries `Authorization: Bearer <token>`; every 4xx/5xx answer is `{\"error\": {\"code\", "
+                  "\"message\"}}` (a method a path does not have: `405 invalid_request`).")
     app.state.queue = queue
     app.state.uploads = uploads
+    app.state.lock = lock  # held as long as the app lives
     app.state.config = config
 
     @app.exception_handler(ApiError)
@@ -160,20 +205,22 @@ def create_app(config: ServerConfig, token: str):
     async def validation_error(request, exc: RequestValidationError):
         return _error_response(422, "invalid_request", _validation_message(exc.errors()))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, exc: ClientDisconnect):
+        # the client went away (or was cut off) before its body had arrived: nobody reads this
+        return _error_response(400, "incomplete_body", "the client closed the connection before the body ended")
+
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):
         log.exception("request %s %s failed", request.method, request.url.path)
         return _error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    class ErrorBody(BaseModel):
-        code: str
-        message: str
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_document(app)
+        return app.openapi_schema
 
-    class ErrorAnswer(BaseModel):
-        error: ErrorBody
-
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorAnswer} for status in (400, 401, 403, 404, 409, 410, 413, 422, 429)}
+    app.openapi = openapi  # type: ignore[method-assign]  # the routes' document, completed (openapi.py)
 
     def find_job(job_id: str) -> JobRecord:
         record = queue.jobs.get(job_id)
@@ -197,19 +244,21 @@ def create_app(config: ServerConfig, token: str):
         return item
 
     # -- health and capabilities ---------------------------------------------------------
-    @app.get("/v1/health", responses=errors)
+    @app.get("/v1/health", operation_id="health", tags=["server"], response_model=Health)
     async def health() -> dict[str, Any]:
         """Server status and queue length."""
         return {"status": "ok", "version": __version__,
-                "queue": {"running": queue.running_id, "queued": queue.queued_count()}}
+                "queue": {"running": queue.running_id, "queued": queue.queued_count()},
+                "uploads": {"in_memory_bytes": uploads.used_bytes, "memory_limit_bytes": uploads.max_bytes}}
 
-    @app.get("/v1/capabilities", responses=errors)
+    @app.get("/v1/capabilities", operation_id="capabilities", tags=["server"], response_model=Capabilities)
     def capabilities() -> dict[str, Any]:
-        """Preprocessors, adapters, models and samplers, with their parameter schemas."""
+        """Preprocessors, adapters, models and samplers, with their parameter schemas, and the
+        names withheld because several plugins provide them (``conflicts``)."""
         from ctrlgen.core.config import load_settings
         from ctrlgen.core.engine.samplers import SAMPLERS
         from ctrlgen.core.models.store import ModelStore
-        from ctrlgen.core.plugins.manager import get_registry
+        from ctrlgen.core.plugins.manager import get_host, get_registry
 
         models = []
         for entry in ModelStore.from_settings(load_settings()).scan(refresh=True):
@@ -220,15 +269,18 @@ def create_app(config: ServerConfig, token: str):
         return {
             "version": __version__,
             "preprocessors": [{"name": s.name, "description": s.description, "category": s.family,
-                               "params": [p.to_json() for p in s.params]}
+                               "params": [p.to_json() for p in s.params], "needs_weights": s.needs_weights,
+                               "weights": [w.to_json() for w in s.weights]}
                               for s in get_registry("preprocessors")],
             "adapters": [{"name": s.name, "description": s.description, "architectures": list(s.architectures),
                           "params": [p.to_json() for p in s.params]} for s in get_registry("adapters")],
+            "detectors": [s.to_json() for s in get_registry("detectors")],
             "models": models,
             "samplers": list(SAMPLERS),
             "limits": {"max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels,
                        "max_side": config.max_side, "max_queue": config.max_queue},
             "image_formats": ["raw", "png", "webp"],
+            "conflicts": [c.to_json() for c in get_host().conflicts()],
         }
 
     @app.get("/v1/openapi.json", include_in_schema=False)
@@ -237,21 +289,36 @@ def create_app(config: ServerConfig, token: str):
 
     # -- images ------------------------------------------------------------------------------
     Digest = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256 of the body, 64 lowercase hex digits")
-    upload_body = {"requestBody": {"required": True, "content": {
-        RAW_TYPE: {"schema": {"type": "string", "format": "binary"}},
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/webp": {"schema": {"type": "string", "format": "binary"}}}},
-        "parameters": [{"name": f"X-Ctrlgen-{n}", "in": "header", "required": False,
-                        "schema": {"type": "integer"}} for n in ("Width", "Height", "Channels")]}
+    upload_body = {
+        "requestBody": {"required": True, "description": f"the image: raw pixels ({RAW_TYPE}: uint8, rows top to "
+                        "bottom, channels interleaved, exactly width × height × channels bytes), PNG or WebP",
+                        "content": binary(RAW_TYPE, "image/png", "image/webp")},
+        "parameters": [{"name": name, "in": "header", "required": False, "description": header["description"]
+                        + f" (needed with {RAW_TYPE})", "schema": header["schema"]}
+                       for name, header in RAW_IMAGE_HEADERS.items()]}
+    image_answer = {"description": "the image (raw: with X-Ctrlgen-Width/Height/Channels)",
+                    "content": binary(RAW_TYPE, "image/png", "image/webp"), "headers": RAW_IMAGE_HEADERS}
 
-    @app.head("/v1/images/{sha256}", responses=errors)
+    @app.head("/v1/images/{sha256}", operation_id="image_known", tags=["images"], response_class=Response,
+              responses={200: {"description": "the server has the image"},
+                         **errors(404, 422, notes={404: "`not_found`: no such image; upload it"})})
     async def image_known(sha256: str = Digest) -> Response:
         """200 when an image with this hash is on the server, else 404."""
         if uploads.get(sha256, touch=True) is None:
             raise ApiError(404, "not_found", f"no image sha256:{sha256} on the server")
         return Response(status_code=200)
 
-    @app.put("/v1/images/{sha256}", status_code=201, responses=errors, openapi_extra=upload_body)
+    @app.put("/v1/images/{sha256}", operation_id="put_image", tags=["images"], status_code=201,
+             response_model=UploadAnswer, openapi_extra=upload_body, responses={
+                 200: {"model": UploadAnswer, "description": "the server had the image already (existed: true); "
+                       "the body was not read"},
+                 **errors(400, 413, 422, notes={
+                     400: "`hash_mismatch` (the body's sha256 is not the one in the URL) or `invalid_request` "
+                          "(a body longer or shorter than its Content-Length)",
+                     422: "`invalid_request` (a Content-Type other than raw, PNG or WebP; missing or bad "
+                          "X-Ctrlgen-* headers; a raw body of the wrong length; a path that is no sha256), "
+                          "`invalid_image` (a PNG/WebP that does not decode, an empty image) or "
+                          "`too_many_pixels` (over --max-side/--max-pixels)"})})
     async def put_image(request: Request, sha256: str = Digest) -> JSONResponse:
         """Upload an image under the sha256 of its body (raw pixels, PNG or WebP)."""
         known = uploads.get(sha256, touch=True)
@@ -286,15 +353,24 @@ def create_app(config: ServerConfig, token: str):
         else:
             pixels = await run_in_threadpool(decode_encoded, body, content_type, config)
         try:
-            stored = uploads.add(Upload(sha256, pixels, max(len(body), pixels.nbytes)))
+            stored = uploads.add(Upload(sha256, pixels, max(len(body), pixels.nbytes)), body,
+                                 "raw" if content_type == RAW_TYPE else content_type)
         except StoreFull as exc:
             raise ApiError(413, "too_large", str(exc)) from None
         existed = stored.pixels is not pixels
         return JSONResponse(stored.describe(existed=existed), status_code=200 if existed else 201)
 
     # -- preprocess -----------------------------------------------------------------------------
-    @app.post("/v1/preprocess", responses={**errors, 200: {"content": {
-        RAW_TYPE: {}, "image/png": {}, "image/webp": {}}}})
+    @app.post("/v1/preprocess", operation_id="preprocess", tags=["preprocess"], response_class=Response, responses={
+        200: {**image_answer, "description": "the control map (raw: RGB with X-Ctrlgen-Width/Height/Channels); "
+              "data the preprocessor returns (keypoints, labels) is in X-Ctrlgen-Data",
+              "headers": {**RAW_IMAGE_HEADERS, "X-Ctrlgen-Data": {
+                  "description": "JSON: what the preprocessor returned besides the map (OpenPose keypoints, segment "
+                                 "labels, ...); absent when nothing", "schema": {"type": "string"}}}},
+        **errors(404, 422, notes={
+            404: "`unknown_preprocessor`: no registered preprocessor has that name",
+            422: "`invalid_request`: bad params, an image or mask that is not uploaded, a mask of another size, "
+                 "a preprocessor whose Python packages are missing"})})
     async def preprocess(request: PreprocessRequest) -> Response:
         """Run one preprocessor on an uploaded image; answers the control map."""
         from ctrlgen.core.engine.preprocess import preprocess as run_preprocessor
@@ -306,12 +382,18 @@ def create_app(config: ServerConfig, token: str):
             spec = get_registry("preprocessors").get(request.preprocessor)
         except UnknownNameError as exc:
             raise ApiError(404, "unknown_preprocessor", str(exc)) from None
-        try:  # before queueing, so bad params never wait for the worker
-            params = validate_params(spec.params, request.params, spec.name)
-        except CtrlgenError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from None
+        from ctrlgen.core.engine.preprocess import check_requirements
+        from ctrlgen.core.images import to_mask
+
         image = _require_upload(request.image, "image")
         mask = _require_upload(request.mask, "mask") if request.mask is not None else None
+        try:  # before queueing, so a bad request never waits for the worker
+            params = validate_params(spec.params, request.params, "params")
+            if mask is not None:
+                to_mask(mask, (image.shape[1], image.shape[0]), "mask")
+            check_requirements(spec)
+        except CtrlgenError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
 
         def work():
             return run_preprocessor(spec.name, image, mask, **params)
@@ -337,10 +419,23 @@ def create_app(config: ServerConfig, token: str):
         return upload.pixels
 
     # -- jobs ------------------------------------------------------------------------------------
-    @app.post("/v1/jobs", status_code=202, responses=errors)
-    async def submit(request: SubmitRequest) -> dict[str, Any]:
+    @app.post("/v1/jobs", operation_id="submit_job", tags=["jobs"], status_code=202, response_model=SubmitAnswer,
+              responses={200: {"model": SubmitAnswer, "description": "a repeated Idempotency-Key: the job that key "
+                               "created (existed: true), not queued again"},
+                         **errors(422, 429, notes={422: (
+                             "`invalid_request` (the message starts with the field's path: `job.steps`, "
+                             "`job.control[1].preprocessor_params.low_threshold`) or `model_not_found` (a model in "
+                             "no model folder); the job was not queued")})})
+    async def submit(request: SubmitRequest, idempotency_key: str | None = Header(
+            None, alias="Idempotency-Key", max_length=200, description="a key of the client's choosing: a repeat of a submission with the "
+            "same key answers the job it created (200) instead of queueing another")) -> Any:
         """Validate a job and queue it; its events follow at /v1/jobs/{id}/events."""
         from ctrlgen.core.engine.jobs import parse_job
+
+        if idempotency_key:
+            known = _job_with_key(idempotency_key)
+            if known is not None:
+                return known
 
         try:
             job = parse_job(request.job)
@@ -357,49 +452,99 @@ def create_app(config: ServerConfig, token: str):
                                f"{where}: image {ref} is not on the server; upload it first with "
                                "PUT /v1/images/<sha256>")
             digests.append(ref[len(REF_PREFIX):])
-        record = JobRecord(new_job_id(), job, request.preview, digests)
+        # Everything that needs no weights, before the job is queued: models (by the names the
+        # store knows, or paths inside the model folders), plugins, params, images, sizes. The
+        # check reads the store and the images, so it runs off the event loop.
+        try:
+            await run_in_threadpool(lambda: queue.get_engine().check(job, uploads.resolve))
+        except ModelNotFoundError as exc:
+            raise ApiError(422, "model_not_found", str(exc)) from None
+        except CtrlgenError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        for digest in digests:  # an accepted job's inputs are on disk before it is acknowledged
+            upload = uploads.get(digest)
+            if upload is not None:
+                await asyncio.wrap_future(upload.saved)
+        record = JobRecord(new_job_id(), job, request.preview, digests, idempotency_key=idempotency_key or None)
         try:
             position = queue.submit(record)
+        except sqlite3.IntegrityError:  # the same key, submitted at the same moment by another request
+            known = _job_with_key(idempotency_key or "")
+            if known is None:
+                raise
+            return known
         except OverflowError:
             raise ApiError(429, "queue_full",
                            f"{config.max_queue} jobs are already waiting; retry later (or start `ctrlgen serve` "
                            "with a larger --max-queue)", headers={"Retry-After": "5"}) from None
         return {"id": record.id, "position": position, "status": record.status}
 
-    @app.get("/v1/jobs", responses=errors)
+    def _job_with_key(key: str) -> JSONResponse | None:
+        job_id = journal.job_with_key(key)
+        if job_id is None:
+            return None
+        record = queue.jobs.get(job_id)
+        status = record.status if record is not None else "expired"
+        return JSONResponse({"id": job_id, "position": queue.position(record) if record is not None else 0,
+                             "status": status, "existed": True}, status_code=200)
+
+    @app.get("/v1/jobs", operation_id="list_jobs", tags=["jobs"], response_model=JobList)
     async def list_jobs() -> dict[str, Any]:
         """Queued, running and kept finished jobs, oldest first."""
         queue.purge()
         return {"jobs": [job_item(r) for r in queue.jobs.values()]}
 
-    @app.get("/v1/jobs/{job_id}", responses=errors)
+    job_errors = errors(404, 410, notes={404: "`not_found`: no such job", 410: "`result_expired`: the job ended "
+                                         "longer than --result-ttl ago, or was pushed out by newer ones"})
+
+    @app.get("/v1/jobs/{job_id}", operation_id="get_job", tags=["jobs"], response_model=JobDetail,
+             response_model_exclude_unset=True, responses=job_errors)
     async def get_job(job_id: str) -> dict[str, Any]:
         """One job: status, position, and its results or error once it ended."""
         return job_item(find_job(job_id), details=True)
 
-    @app.post("/v1/jobs/{job_id}/cancel", responses=errors)
+    @app.post("/v1/jobs/{job_id}/cancel", operation_id="cancel_job", tags=["jobs"], response_model=CancelAnswer,
+              responses=job_errors)
     async def cancel(job_id: str) -> dict[str, Any]:
-        """Cancel a job: a queued one is dropped, a running one stops within a step."""
+        """Cancel a job. A queued one is dropped at once (answer: ``cancelled``); a running one
+        stops at its next check and its ``cancelled`` event follows (answer: ``running``); an
+        ended one keeps its status (the answer)."""
         record = find_job(job_id)
-        queue.cancel(record)
-        return {"id": record.id, "status": record.status}
+        return {"id": record.id, "status": queue.cancel(record)}
 
-    @app.get("/v1/jobs/{job_id}/events", responses={**errors, 200: {"content": {"text/event-stream": {}}}})
-    async def events(request: Request, job_id: str,
-                     after: int | None = Query(None, ge=0, description="replay only events after this id")):
+    @app.get("/v1/jobs/{job_id}/events", operation_id="job_events", tags=["jobs"], response_class=EventStream,
+             responses={200: {"description": "the job's events: past ones first, then live, until it ends",
+                              "content": event_stream_content()},
+                        **job_errors, **errors(422, notes={422: "`invalid_request`: `after` is not a whole number "
+                                                                "≥ 0"})})
+    async def events(job_id: str,
+                     after: int | None = Query(None, ge=0, description="replay only the events after this id "
+                                               "(wins over Last-Event-ID)"),
+                     last_event_id: str | None = Header(
+                         None, alias="Last-Event-ID", description="the last event id the client saw: only later "
+                         "events come (what EventSource sends on reconnecting); an id the server never issued "
+                         "replays them all")):
         """The job's events as Server-Sent Events: past ones first, then live, until it ends."""
         record = find_job(job_id)
         last_seen = after
         if last_seen is None:
-            header = request.headers.get("last-event-id", "").strip()
+            header = (last_event_id or "").strip()
             last_seen = int(header) if header.isdigit() else 0
-        return StreamingResponse(_event_stream(record, last_seen, config.keepalive_s), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        if last_seen > len(record.events):  # an id from before a restart: replay the job's history
+            last_seen = 0
+        return EventStream(_event_stream(record, last_seen, config.keepalive_s),
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/v1/jobs/{job_id}/results/{index}", responses={**errors, 200: {"content": {
-        RAW_TYPE: {}, "image/png": {}, "image/webp": {}}}})
+    @app.get("/v1/jobs/{job_id}/results/{index}", operation_id="get_result", tags=["jobs"], response_class=Response,
+             responses={200: image_answer, **errors(404, 409, 410, 422, notes={
+                 404: "`not_found`: no such job, or no result with this index",
+                 409: "`job_not_finished`: the job has not finished, or ended without results",
+                 410: "`result_expired`: the job ended longer than --result-ttl ago (or was pushed out by newer "
+                      "ones), or its result file is gone",
+                 422: "`invalid_request`: an index or format that is not valid"})})
     async def result(job_id: str, index: int = PathParam(ge=0),
-                     format: str = Query("raw", pattern="^(raw|png|webp)$")) -> Response:
+                     format: Literal["raw", "png", "webp"] = Query("raw", description="raw (the default: the "
+                                                                   "pixels, no encoding), png or webp")) -> Response:
         """One result image: raw RGB (with X-Ctrlgen-* headers), PNG or WebP."""
         record = find_job(job_id)
         if record.status != "finished":
@@ -410,13 +555,44 @@ def create_app(config: ServerConfig, token: str):
         images = record.results or []
         if index >= len(images):
             raise ApiError(404, "not_found", f"job {job_id} has {len(images)} result(s); index {index} is out of range")
-        image = images[index]
+        try:
+            pixels = queue.result_pixels(images[index])
+        except (OSError, ValueError):
+            raise ApiError(410, "result_expired", f"result {index} of job {job_id} is no longer on the server's "
+                           "disk (deleted by hand?); run the job again") from None
         if format == "raw":
-            return image_response(None, image, "raw", {})
-        return await run_in_threadpool(image_response, None, image, format, {})
+            return image_response(pixels, None, "raw", {})
+        return await run_in_threadpool(image_response, pixels, None, format, {})
 
     return Guard(app, token=token, allowed_origins=config.allowed_origins,
                  allowed_hosts=None if (config.allow_remote and not config.allowed_hosts) else config.allowed_hosts)
+
+
+def _lock_state(state: Path):
+    """One server per state folder: two would run each other's journal. The lock goes with the
+    process, however it ends."""
+    handle = open(state / "lock", "a+b")  # noqa: SIM115 - kept open for the server's life
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise CtrlgenError(f"another ctrlgen serve is using {state} (its journal and files); stop it, or give this "
+                           "one its own --state-dir (and --port)") from None
+    return handle
+
+
+def _close_state(queue: JobQueue, uploads: UploadStore, outputs: OutputWriter | None, journal: Journal) -> None:
+    """At shutdown: let the worker end (a running job goes back to the queue), finish writing
+    uploads and outputs, close the journal."""
+    queue.join(timeout=30)
+    uploads.close()
+    if outputs is not None:
+        outputs.close()
+    journal.close()
 
 
 def _json_default(value: Any) -> Any:
@@ -425,6 +601,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
 
 
 def _sse(event_id: int, kind: str, data: dict) -> bytes:
@@ -501,10 +681,19 @@ def _server_json_path(folder: Path) -> Path:
 
 
 def _write_server_json(folder: Path, url: str, unix_socket: str | None) -> Path:
+    """``server.json`` (mode 0600, written atomically): where the server listens, for clients."""
+    from ctrlgen.host_bridges.client import process_alive
+
     path = _server_json_path(folder)
+    with contextlib.suppress(OSError, ValueError):
+        old_pid = json.loads(path.read_text(encoding="utf-8")).get("pid")
+        if isinstance(old_pid, int) and old_pid != os.getpid() and not process_alive(old_pid):
+            log.warning("replacing a stale %s (its server, pid %d, is gone)", path, old_pid)
     temporary = path.with_name(f".server.json.{os.getpid()}")
-    temporary.write_text(json.dumps({"url": url, "unix_socket": unix_socket, "pid": os.getpid(),
-                                     "version": __version__}, indent=2) + "\n", encoding="utf-8")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"url": url, "unix_socket": unix_socket, "pid": os.getpid(),
+                                 "version": __version__}, indent=2) + "\n")
     os.replace(temporary, path)
     return path
 
@@ -521,6 +710,7 @@ def serve(config: ServerConfig) -> int:
     import uvicorn
 
     from ctrlgen.core.config import config_dir
+    from ctrlgen.host_bridges.server.http import BridgeHttpProtocol
 
     if not config.allow_remote and not is_loopback(config.host):
         raise CtrlgenError(f"--host {config.host} is not a loopback address; binding there lets other machines "
@@ -533,6 +723,10 @@ def serve(config: ServerConfig) -> int:
     if config.allow_remote and not is_loopback(config.host):
         print(f"WARNING: listening on {config.host}, reachable from other machines; anyone with the token can "
               "run jobs. Keep the token secret and prefer a firewall or an SSH tunnel.", file=sys.stderr)
+    from ctrlgen.core.plugins.manager import get_host
+
+    for conflict in get_host().conflicts():  # each withholds one name; the server serves the rest
+        print(f"WARNING: {conflict.message}", file=sys.stderr)
     tcp = _bind_tcp(config.host, config.port)
     sockets = [tcp]
     if config.unix_socket:
@@ -550,14 +744,21 @@ def serve(config: ServerConfig) -> int:
                 where = url + (f" and {config.unix_socket}" if config.unix_socket else "")
                 print(f"ctrlgen {__version__} serving on {where} (token: {folder / 'token'})", flush=True)
 
+        def handle_exit(self, sig, frame) -> None:
+            # uvicorn would raise the signal again once it has stopped, ending the process by
+            # that signal; a stop asked for with Ctrl+C or SIGTERM is a normal one: the running
+            # job went back to the journal's queue, so clean up and exit 0.
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
         async def shutdown(self, sockets=None) -> None:
-            # uvicorn re-raises SIGINT/SIGTERM once it has stopped, which ends the process before
-            # any `finally` below runs: clean up here.
             _remove_server_json(folder)
             await super().shutdown(sockets=sockets)
             cleanup()
 
-    uv_config = uvicorn.Config(app, log_level=config.log_level, http="httptools", ws="none", lifespan="on",
+    protocol = type("Protocol", (BridgeHttpProtocol,), {"header_timeout_s": config.stall_timeout_s,
+                                                         "body_idle_timeout_s": config.stall_timeout_s})
+    uv_config = uvicorn.Config(app, log_level=config.log_level, http=protocol, ws="none", lifespan="on",
                                timeout_graceful_shutdown=3, access_log=False, server_header=False)
     def cleanup() -> None:
         _remove_server_json(folder)

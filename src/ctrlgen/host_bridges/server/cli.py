@@ -38,7 +38,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device, result_ttl_s=args.result_ttl, max_queue=args.max_queue,
         max_results=args.max_results, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
         max_side=args.max_side, max_upload_memory=args.max_upload_memory, keepalive_s=args.keepalive,
-        config_dir=Path(args.config_dir) if args.config_dir else None, log_level=args.log_level)
+        config_dir=Path(args.config_dir) if args.config_dir else None, log_level=args.log_level,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        outputs_dir=Path(args.outputs) if args.outputs else None, save_outputs=not args.no_outputs,
+        outputs_max_bytes=args.outputs_max_bytes, stall_timeout_s=args.stall_timeout)
     return serve(config)
 
 
@@ -69,8 +72,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="largest image in pixels (default 8192*8192)")
     p.add_argument("--max-side", type=int, default=8192, metavar="PX", help="longest image side (default 8192)")
     p.add_argument("--max-upload-memory", type=_size, default=2 * 2**30, metavar="SIZE",
-                   help="memory for uploaded images; the least recently used ones no job needs are dropped "
-                        "first (default 2G)")
+                   help="memory for uploaded images; the least recently used ones no job needs leave memory "
+                        "first (they stay on disk) (default 2G)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="the job journal, uploads and results, kept across restarts (default: CONFIG/server)")
+    p.add_argument("--outputs", metavar="DIR",
+                   help="every result is also saved here as a PNG with its parameters (default: CONFIG/outputs)")
+    p.add_argument("--no-outputs", action="store_true", help="do not save results in the outputs folder")
+    p.add_argument("--outputs-max-bytes", type=_size, default=20 * 2**30, metavar="SIZE",
+                   help="the outputs folder's size limit; the oldest PNGs are deleted beyond it (default 20G)")
+    p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="close a connection whose headers take longer, or whose body pauses longer (default 30)")
     p.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS",
                    help="send a keep-alive comment on quiet event streams this often (default 15)")
     p.add_argument("--config-dir", help="where token and server.json live (default: `ctrlgen config-dir`)")

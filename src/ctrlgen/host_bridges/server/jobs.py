@@ -4,6 +4,12 @@ Records (status, events, results) are changed only on the event loop's thread; t
 hands everything it learns to the loop with ``loop.call_soon_threadsafe``. The queue itself
 is a deque under a condition variable, shared by both sides. Jobs and preprocess calls run
 on the worker in the order they were submitted.
+
+What the server acknowledged is in the :class:`~.journal.Journal` before it is acknowledged:
+a job before ``POST /v1/jobs`` answers, its start when the worker takes it, its end (with its
+results' files written first) before the ``finished`` event. :meth:`JobQueue.restore` rebuilds
+the queue from it after a restart (see the journal's docstring for the running job's fate).
+A server stopped normally (SIGTERM, Ctrl+C) puts the running job back in the queue.
 """
 
 from __future__ import annotations
@@ -20,12 +26,23 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctrlgen.core.errors import CancelledError, ImageError, JobError, ModelNotFoundError, ParamError
+import numpy as np
+
+from ctrlgen.core.errors import (
+    CancelledError,
+    CtrlgenError,
+    ImageError,
+    JobError,
+    ModelNotFoundError,
+    ParamError,
+)
+from ctrlgen.host_bridges.server.files import FileStore, OutputWriter
+from ctrlgen.host_bridges.server.journal import RUNS_BEFORE_INTERRUPTED, Journal
 from ctrlgen.host_bridges.server.uploads import UploadStore
 
 log = logging.getLogger("ctrlgen.server")
 
-TERMINAL = ("finished", "error", "cancelled")
+TERMINAL = ("finished", "error", "cancelled", "interrupted")
 PREVIEW_SIDE = 256
 
 
@@ -37,6 +54,8 @@ def error_code(exc: BaseException) -> str:
         return "invalid_job"
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "out_of_memory"
+    if isinstance(exc, CtrlgenError):  # an unusable model file, a refused pickle, ...: not a bug
+        return "invalid_job"
     return "internal_error"
 
 
@@ -46,15 +65,16 @@ class JobRecord:
     job: Any  # ctrlgen.core.engine.jobs.Job
     preview: bool
     refs: list[str]  # upload digests the job uses (pinned while it waits or runs)
+    idempotency_key: str | None = None
     status: str = "queued"
     created: float = field(default_factory=time.time)
     started: float | None = None
     ended: float | None = None
     events: list[tuple[int, str, dict]] = field(default_factory=list)
-    results: list[Any] | None = None  # PIL RGB images
-    seeds: list[int] = field(default_factory=list)
+    results: list[dict] | None = None  # index, width, height, channels, seed, digest (the file)
     error: dict | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancelled_by_client: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add_event(self, kind: str, data: dict) -> None:
@@ -68,14 +88,14 @@ class JobRecord:
         elif kind in TERMINAL:
             self.status = kind
             self.ended = time.time()
-            if kind == "error":
+            if kind in ("error", "interrupted"):
                 self.error = data
         self.changed.set()
         self.changed = asyncio.Event()
 
     def result_info(self) -> list[dict]:
-        return [{"index": i, "width": image.width, "height": image.height, "seed": seed}
-                for i, (image, seed) in enumerate(zip(self.results or [], self.seeds, strict=False))]
+        return [{key: item[key] for key in ("index", "width", "height", "channels", "seed")}
+                for item in self.results or []]
 
 
 @dataclass
@@ -90,8 +110,12 @@ class JobQueue:
     """FIFO of jobs and calls, one worker thread owning one Engine."""
 
     def __init__(self, uploads: UploadStore, *, device: str | None, max_queue: int, max_kept: int,
-                 result_ttl_s: float) -> None:
+                 result_ttl_s: float, journal: Journal, results: FileStore,
+                 outputs: OutputWriter | None = None) -> None:
         self.uploads = uploads
+        self.journal = journal
+        self.results = results
+        self.outputs = outputs
         self.device = device
         self.max_queue = max_queue
         self.max_kept = max_kept
@@ -106,6 +130,7 @@ class JobQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.engine: Any = None
+        self._engine_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -114,11 +139,17 @@ class JobQueue:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop taking jobs; the running one is cancelled and goes back to the queue (journal)."""
         with self._cond:
             self._stopping = True
             if self._running is not None:
                 self._running.cancel.set()
             self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker to end (after :meth:`stop`)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     # -- queue state (loop thread) -----------------------------------------------------
     @property
@@ -147,6 +178,8 @@ class JobQueue:
         with self._cond:
             if sum(1 for item in self._pending if isinstance(item, JobRecord)) >= self.max_queue:
                 raise OverflowError(self.max_queue)
+            self.journal.add_job(record.id, record.job.model_dump(mode="json"), record.preview, record.refs,
+                                 record.created, record.idempotency_key)
             self.uploads.pin(record.refs)
             self.jobs[record.id] = record
             self._pending.append(record)
@@ -163,14 +196,28 @@ class JobQueue:
             self._cond.notify()
         return future
 
-    def cancel(self, record: JobRecord) -> None:
-        """Drop a queued job, or ask the running one to stop at its next step."""
+    def cancel(self, record: JobRecord) -> str:
+        """Cancel ``record`` (loop thread); returns the status to answer (docs/protocol.md):
+
+        - a queued job is dropped now: ``cancelled``, and its ``cancelled`` event is recorded;
+        - the running job is asked to stop at its next check: ``running``; its ``cancelled``
+          event follows (or ``finished``, when it had already done its last step);
+        - an ended job is left as it is: its status.
+        """
+        if record.status in TERMINAL:
+            return record.status
+        record.cancelled_by_client = True
         record.cancel.set()
         with self._cond:
             if record in self._pending:
                 self._pending.remove(record)
+                self.journal.job_ended(record.id, "cancelled", time.time())
                 self.uploads.unpin(record.refs)
                 record.add_event("cancelled", {})
+                return "cancelled"
+        # The worker has it. Its status may still read 'queued' until the started event reaches
+        # this thread, but it is past waiting: it runs, and stops at its next check.
+        return "running"
 
     def purge(self, now: float | None = None) -> None:
         """Forget ended jobs past the result TTL, and the oldest beyond ``max_kept`` (loop thread)."""
@@ -182,8 +229,68 @@ class JobQueue:
                 too_many -= 1
                 del self.jobs[record.id]
                 self.expired[record.id] = None
+                self.journal.job_purged(record.id)
+                self._remove_result_files(record.results or [])
         while len(self.expired) > 10_000:
             self.expired.popitem(last=False)
+        self.journal.forget_purged(10_000)
+
+    def _remove_result_files(self, results: list[dict]) -> None:
+        still_used = self.journal.referenced_results()  # the same image from another job
+        for item in results:
+            if item["digest"] not in still_used:
+                self.results.remove(item["digest"])
+
+    # -- restart -------------------------------------------------------------------------
+    def restore(self) -> dict[str, int]:
+        """Rebuild jobs and queue from the journal (before :meth:`start`); returns counts by fate."""
+        from ctrlgen.core.engine.jobs import parse_job
+
+        counts = {"queued": 0, "rerun": 0, "interrupted": 0, "ended": 0}
+        now = time.time()
+        for row in self.journal.jobs():
+            if row.purged:
+                self.expired[row.id] = None
+                continue
+            try:
+                job = parse_job(row.job)
+            except CtrlgenError as exc:  # a job this version of ctrlgen no longer reads
+                if row.status in ("queued", "running"):
+                    self.journal.job_ended(row.id, "error", now, error={
+                        "code": "invalid_job", "message": f"after a restart the job is no longer valid: {exc}"})
+                self.journal.job_purged(row.id)
+                self.expired[row.id] = None
+                continue
+            record = JobRecord(row.id, job, row.preview, row.refs, created=row.created)
+            record.events.append((1, "queued", {"position": 0, "restored": True}))
+            if row.status == "running" and row.runs >= RUNS_BEFORE_INTERRUPTED:
+                row.error = {"code": "interrupted",
+                             "message": f"the server stopped while this job ran, {row.runs} times; it is not run "
+                                        "again automatically. Submit it again if you want it (check its size "
+                                        "and the server's memory first)"}
+                row.status = "interrupted"
+                self.journal.job_ended(row.id, "interrupted", now, error=row.error)
+                row.ended = now
+                counts["interrupted"] += 1
+            if row.status in ("queued", "running"):
+                counts["rerun" if row.status == "running" else "queued"] += 1
+                if row.status == "running":
+                    self.journal.job_requeued(row.id)
+                self.uploads.pin(record.refs)
+                self.jobs[record.id] = record
+                self._pending.append(record)
+                continue
+            counts["ended"] += 1
+            record.started, record.ended = row.started, row.ended or now
+            if row.started is not None:
+                record.events.append((len(record.events) + 1, "started", {}))
+            record.results = row.results
+            data = {"results": record.result_info()} if row.status == "finished" else (row.error or {})
+            record.events.append((len(record.events) + 1, row.status, data))
+            record.status = row.status
+            record.error = row.error if row.status in ("error", "interrupted") else None
+            self.jobs[record.id] = record
+        return counts
 
     # -- worker thread -------------------------------------------------------------------
     def _post(self, function, *args) -> None:
@@ -204,6 +311,8 @@ class JobQueue:
                 self._busy = True
                 if isinstance(item, JobRecord):
                     self._running = item
+                    if not item.cancel.is_set():
+                        self.journal.job_started(item.id, time.time())
             try:
                 if isinstance(item, _Call):
                     self._run_call(item)
@@ -214,12 +323,16 @@ class JobQueue:
                     self._running = None
                     self._busy = False
 
-    def _engine(self):
-        if self.engine is None:
-            from ctrlgen.core.engine.engine import Engine
+    def get_engine(self):
+        """The worker's engine (made on first use, from any thread): it runs the jobs, and the
+        HTTP side uses it to check jobs before they are queued (:meth:`Engine.check` takes no lock)."""
+        with self._engine_lock:
+            if self.engine is None:
+                from ctrlgen.core.engine.engine import Engine
 
-            self.engine = Engine(device=self.device)
-        return self.engine
+                # Clients name models as the store knows them, never by arbitrary paths.
+                self.engine = Engine(device=self.device, allow_paths=False)
+            return self.engine
 
     def _run_call(self, call: _Call) -> None:
         if not call.future.set_running_or_notify_cancel():
@@ -232,12 +345,17 @@ class JobQueue:
     def _run_job(self, record: JobRecord) -> None:
         try:
             if record.cancel.is_set():
-                self._post(record.add_event, "cancelled", {})
+                self._end(record, "cancelled", {})
                 return
             try:
                 result = self._execute(record)
+                results = self._keep_results(result)
             except CancelledError:
-                self._post(record.add_event, "cancelled", {})
+                if self._stopping and not record.cancelled_by_client:
+                    # the server is stopping, not the client cancelling: run it after the restart
+                    self.journal.job_requeued(record.id)
+                    return
+                self._end(record, "cancelled", {})
             except BaseException as exc:  # every failure ends the job, never the worker
                 code = error_code(exc)
                 message = str(exc) if code != "internal_error" else f"{type(exc).__name__}: {exc}"
@@ -246,20 +364,47 @@ class JobQueue:
                     self._free_memory()
                 if code == "internal_error":
                     log.exception("job %s failed", record.id)
-                self._post(record.add_event, "error", {"code": code, "message": message})
+                self._end(record, "error", {"code": code, "message": message})
             else:
-                self._post(self._finish, record, result.images, list(result.seeds))
+                self.journal.job_ended(record.id, "finished", time.time(), results=results)
+                self._post(self._finish, record, results)
+                if self.outputs is not None:
+                    self.outputs.save(result, record.id)
         finally:
             self.uploads.unpin(record.refs)
 
-    def _finish(self, record: JobRecord, images: list, seeds: list[int]) -> None:
-        record.results = images
-        record.seeds = seeds
+    def _end(self, record: JobRecord, status: str, data: dict) -> None:
+        """A job ended without results (worker thread): journal first, then tell the clients."""
+        self.journal.job_ended(record.id, status, time.time(), error=data if status == "error" else None)
+        self._post(record.add_event, status, data)
+
+    def _keep_results(self, result) -> list[dict]:
+        """Write the result images as files by hash (worker thread); their descriptions."""
+        import hashlib
+
+        kept = []
+        for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
+            pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+            digest = hashlib.sha256(memoryview(pixels).cast("B")).hexdigest()
+            self.results.write(digest, memoryview(pixels).cast("B"))
+            height, width = pixels.shape[:2]
+            channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+            kept.append({"index": index, "width": width, "height": height, "channels": channels, "seed": int(seed),
+                         "digest": digest})
+        return kept
+
+    def result_pixels(self, item: dict) -> np.ndarray:
+        """A kept result's pixels, read from its file (memory-mapped)."""
+        shape = (item["height"], item["width"]) + (() if item["channels"] == 1 else (item["channels"],))
+        return np.memmap(self.results.path(item["digest"]), dtype=np.uint8, mode="r", shape=shape)
+
+    def _finish(self, record: JobRecord, results: list[dict]) -> None:
+        record.results = results
         record.add_event("finished", {"results": record.result_info()})
         self.purge()
 
     def _execute(self, record: JobRecord):
-        engine = self._engine()
+        engine = self.get_engine()
 
         def on_event(event) -> None:
             if event.kind == "started":

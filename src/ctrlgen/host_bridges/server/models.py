@@ -1,18 +1,50 @@
-"""Request bodies of the bridge protocol (they also make the server's OpenAPI document)."""
+"""The bodies of the bridge protocol: requests, answers and event payloads.
 
-from typing import Any, Literal
+They make the server's OpenAPI document (:mod:`.openapi`), and the routes answer through the
+answer models, so what the server sends is what the document declares. A job is validated
+with :class:`ctrlgen.core.engine.jobs.Job` itself (through ``parse_job``, for its messages with
+field paths); the document carries that model's schema.
+"""
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Any, Literal
 
-Ref = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="an upload: 'sha256:' + the sha256 of its body")
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+from ctrlgen.core.engine.jobs import Job, Task
+
+REF_PATTERN = r"^sha256:[0-9a-f]{64}$"
+Ref = Field(pattern=REF_PATTERN, description="an upload: 'sha256:' + the sha256 of its body")
+
+JobStatus = Literal["queued", "running", "finished", "error", "cancelled", "interrupted"]
+JobErrorCode = Literal["invalid_job", "model_not_found", "out_of_memory", "internal_error"]
 
 
+def _job_object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("dict_type", "Input should be a valid dictionary")
+    return value
+
+
+# The job as the client sent it, an object: the route validates it with parse_job (messages
+# with field paths, text checks), and the document shows the Job model that parse_job applies.
+JobBody = Annotated[dict[str, Any], PlainValidator(_job_object, json_schema_input_type=Job)]
+
+
+def _absent_unless(description: str) -> Any:
+    """A field that is left out of the answer (not null) until it applies."""
+    return Field(default=None, description=description, json_schema_extra=lambda schema: schema.pop("default"))
+
+
+# -- requests ------------------------------------------------------------------------------------
 class SubmitRequest(BaseModel):
     """``POST /v1/jobs``: a job (docs/jobs.md) whose image fields are upload references."""
 
     model_config = ConfigDict(extra="forbid")
 
-    job: dict[str, Any] = Field(description="the job, as in docs/jobs.md; images are 'sha256:<hex>' references")
+    job: JobBody = Field(description="the job, as in docs/jobs.md; its images (image, mask, control[i].image, "
+                         "adapter images) are upload references 'sha256:<hex>'")
     preview: bool = Field(default=False, description="send preview events (small PNGs) while denoising")
 
 
@@ -23,6 +55,237 @@ class PreprocessRequest(BaseModel):
 
     preprocessor: str = Field(description="a name from /v1/capabilities' preprocessors")
     image: str = Ref
-    mask: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    mask: str | None = Field(default=None, pattern=REF_PATTERN)
     params: dict[str, Any] = Field(default_factory=dict, description="the preprocessor's params")
     format: Literal["raw", "png", "webp"] = "raw"
+
+
+# -- answers -------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    code: str = Field(description="snake_case, one of the codes in docs/protocol.md#errors")
+    message: str = Field(description="what was wrong and how to fix it")
+
+
+class ErrorAnswer(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: ErrorBody
+
+
+class QueueState(BaseModel):
+    running: str | None = Field(description="the running job's id")
+    queued: int = Field(description="jobs waiting")
+
+
+class UploadMemory(BaseModel):
+    in_memory_bytes: int
+    memory_limit_bytes: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    queue: QueueState
+    uploads: UploadMemory
+
+
+class ParamInfo(BaseModel):
+    """A preprocessor's or adapter's parameter, as ``ctrlgen plugins --json`` prints it."""
+
+    name: str
+    type: str = Field(description="int, float, bool, choice, str, image, model or json")
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: list[Any]
+    description: str
+    category: str
+    required: bool
+
+
+class WeightInfo(BaseModel):
+    """A weight file a preprocessor reads from the model store."""
+
+    filename: str
+    folders: list[str]
+    source: str
+    alternatives: list[str]
+
+
+class PreprocessorInfo(BaseModel):
+    name: str
+    description: str
+    category: str
+    params: list[ParamInfo]
+    needs_weights: bool
+    weights: list[WeightInfo]
+
+
+class DetectorInfo(BaseModel):
+    name: str
+    description: str
+    finds: list[str] = Field(description="what it finds: face, hand, person, or a model's own labels")
+    params: list[ParamInfo]
+    needs_weights: bool
+    weights: list[WeightInfo]
+    requires: list[str] = Field(description="Python modules it imports")
+
+
+class AdapterInfo(BaseModel):
+    name: str
+    description: str
+    architectures: list[str]
+    params: list[ParamInfo]
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="the name jobs use")
+    category: str
+    architecture: str | None
+    kind: str | None
+    variant: str | None
+    size_bytes: int
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_pixels: int
+    max_side: int
+    max_queue: int
+
+
+class Provider(BaseModel):
+    plugin: str
+    distribution: str
+    version: str
+
+
+class Conflict(BaseModel):
+    """A name several plugins provide: left out of the lists and refused where used."""
+
+    kind: str
+    name: str
+    providers: list[Provider]
+    message: str
+
+
+class Capabilities(BaseModel):
+    version: str
+    preprocessors: list[PreprocessorInfo]
+    adapters: list[AdapterInfo]
+    detectors: list[DetectorInfo] = Field(description="detectors for face/hand fixing (docs/detectors.md)")
+    models: list[ModelInfo]
+    samplers: list[str] = Field(description="A1111 sampler names")
+    limits: Limits
+    image_formats: list[Literal["raw", "png", "webp"]]
+    conflicts: list[Conflict]
+
+
+class UploadAnswer(BaseModel):
+    id: str = Field(pattern=REF_PATTERN, description="the reference jobs use")
+    width: int
+    height: int
+    channels: Literal[1, 3, 4]
+    existed: bool = Field(description="true: the server had it already and did not read the body (200)")
+
+
+class SubmitAnswer(BaseModel):
+    id: str
+    position: int = Field(description="jobs that run before it (0: it is next; also 0 once it runs or has ended)")
+    status: JobStatus | Literal["expired"] = Field(
+        description="'queued' for a new job (202); a repeated Idempotency-Key (200) answers the job's status "
+        "now, 'expired' once its results were dropped")
+    existed: bool = Field(default=False, description="true: an earlier submission with this Idempotency-Key")
+
+
+class ResultInfo(BaseModel):
+    index: int
+    width: int
+    height: int
+    channels: Literal[1, 3, 4] = Field(description="3 (RGB), or 4 (RGBA) when the job's image had alpha")
+    seed: int
+
+
+class JobErrorBody(BaseModel):
+    code: JobErrorCode | Literal["interrupted"]
+    message: str
+
+
+class JobItem(BaseModel):
+    id: str
+    status: JobStatus
+    position: int = Field(description="jobs that run before it while queued (0: it is next); 0 once it runs "
+                          "or has ended")
+    created: float = Field(description="Unix seconds")
+    started: float | None
+    ended: float | None
+    task: Task
+    model: str | None
+
+
+class JobDetail(JobItem):
+    results: list[ResultInfo] | SkipJsonSchema[None] = _absent_unless("once finished")
+    error: JobErrorBody | SkipJsonSchema[None] = _absent_unless("once failed or interrupted")
+
+
+class JobList(BaseModel):
+    jobs: list[JobItem] = Field(description="queued, running and kept ended jobs, in submission order")
+
+
+class CancelAnswer(BaseModel):
+    id: str
+    status: JobStatus = Field(description="queued job: 'cancelled' (dropped at once); running job: 'running' "
+                              "(a cancelled event follows); ended job: its status, unchanged")
+
+
+# -- event payloads (the data of each Server-Sent Event, by kind) -----------------------------------
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueuedEvent(_Event):
+    position: int
+    restored: bool | SkipJsonSchema[None] = _absent_unless("true: the job was restored from the journal after a "
+                                                           "restart (its history starts again)")
+
+
+class StartedEvent(_Event):
+    pass
+
+
+class ProgressEvent(_Event):
+    step: int
+    total: int
+
+
+class PreviewEvent(_Event):
+    step: int
+    total: int
+    width: int
+    height: int
+    format: Literal["png"]
+    data: str = Field(description="the PNG, base64; longest side at most 256")
+
+
+class FinishedEvent(_Event):
+    results: list[ResultInfo]
+
+
+class ErrorEvent(_Event):
+    code: JobErrorCode
+    message: str
+
+
+class CancelledEvent(_Event):
+    pass
+
+
+class InterruptedEvent(_Event):
+    code: Literal["interrupted"]
+    message: str
+
+
+EVENTS: dict[str, type[BaseModel]] = {
+    "queued": QueuedEvent, "started": StartedEvent, "progress": ProgressEvent, "preview": PreviewEvent,
+    "finished": FinishedEvent, "error": ErrorEvent, "cancelled": CancelledEvent, "interrupted": InterruptedEvent}

@@ -16,6 +16,8 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 def load_or_create_token(folder: Path) -> str:
     """The token in ``folder/token``: created (mode 0600) on first start, reused after."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if os.name == "posix" and folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)  # private whatever the umask, and if it existed
     path = folder / "token"
     try:
         token = path.read_text(encoding="utf-8").strip()
