@@ -198,6 +198,7 @@ class Engine:
         self._pipelines: dict[str, Any] = {}
         self._offloaded: set[str] = set()  # pipelines whose weights stay in RAM (offloaded per job)
         self._controlnets: dict[str, Any] = {}
+        self._vaes: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     # -- resources ------------------------------------------------------------
@@ -270,6 +271,16 @@ class Engine:
             self._controlnets[key] = model if self._offloaded else model.to(self.device.device)
         return self._controlnets[key]
 
+    def load_vae(self, entry: Any, like: Any) -> Any:
+        """A VAE file or folder from the store (cached), shaped like the pipeline's VAE ``like``."""
+        key = str(Path(entry.path).resolve())
+        if key not in self._vaes:
+            from ctrlgen.core.models import loading as single_file
+
+            model = single_file.load_vae(entry.path, like.config, torch_dtype=self._load_dtype())
+            self._vaes[key] = model if self._offloaded else model.to(self.device.device)
+        return self._vaes[key]
+
     def unload(self) -> None:
         """Free every cached model: pipelines, ControlNets and what adapters and
         preprocessors keep loaded (image encoders, face analysis, annotators)."""
@@ -278,6 +289,7 @@ class Engine:
         self._pipelines.clear()
         self._offloaded.clear()
         self._controlnets.clear()
+        self._vaes.clear()
         annotators.unload()
         with contextlib.suppress(Exception):
             import torch
@@ -300,7 +312,13 @@ class Engine:
         if job.task == "preprocess":
             self._check_preprocess(job, images)
             return CheckedJob(job)
-        from ctrlgen.core.engine import tasks
+        from ctrlgen.core.engine import detail, tasks
+
+        if job.task == "fix":  # the checkpoint, the image, then each pass (step 4 below)
+            entry = self.resolve_checkpoint(job)
+            picture = read_image(job.image, "job.image", images)
+            detail.check_passes(self, job, images or load_image_file, picture)
+            return CheckedJob(job, entry, entry.identity.architecture)
 
         # 1. The checkpoint, and whether its architecture can do this task (with ControlNets).
         entry = self.resolve_checkpoint(job)
@@ -320,6 +338,9 @@ class Engine:
         # 3. ControlNet units and the other adapters: names, params, models, images.
         units = self.check_units(job, architecture, images)
         adapters = self.prepare_adapters(job, architecture, images)
+        # 4. The fix passes (job.detail): detectors and their params, each pass's own overrides
+        #    and ControlNet units, checked as the inpaint jobs they become.
+        detail.check_passes(self, job, images or load_image_file)
         return CheckedJob(job, entry, architecture, units, adapters)
 
     def resolve_checkpoint(self, job: Job) -> Any:
@@ -640,15 +661,37 @@ class Engine:
         from ctrlgen.core.engine.cancel import Cancellation
 
         emit("started")
+        # 1. Check everything that needs no weights (models, params, images, fix passes:
+        #    Engine.check).
+        checked = self.check(job, images)
+        if job.task == "preprocess":
+            with Cancellation(cancel, job_id).armed():
+                return self._preprocess(job, job_id, emit, cancel, images)
+        from ctrlgen.core.engine import detail
+
+        if job.task == "fix":  # only the passes, on job.image (steps 2-8 run per detection)
+            image, seed, data = detail.fix_image(self, job, job_id, emit, cancel, images or load_image_file,
+                                                 preview_every)
+            sized = job.model_copy(update={"width": image.width, "height": image.height})
+            text = infotext(sized, seed, Path(checked.checkpoint.path).stem) + f", Fix passes: {len(job.detail)}"
+            return JobResult(job=job, job_id=job_id, images=[image], seeds=[seed], data=[data], infotexts=[text])
+        result = self._generate(job, checked, job_id, emit, cancel, images, preview_every)
+        # 9. Fix passes (job.detail) on each result, each detection an inpaint job of its own
+        #    through steps 2-8 (core/engine/detail.py).
+        if job.detail:
+            result = detail.fix_result(self, result, emit, cancel, images or load_image_file, preview_every)
+        return result
+
+    def _generate(self, job: Job, checked: CheckedJob, job_id: str, emit, cancel, images: ImageSource | None,
+                  preview_every: int, customize: Callable[[GenerationContext, Any], Any] | None = None) -> JobResult:
+        """Steps 2-8 of :meth:`_run` for a checked generation job. ``customize(context, task_inputs)``,
+        where given, returns a context manager entered after the adapters (the fix passes' soft
+        inpainting and colour matching)."""
+        from ctrlgen.core.engine.cancel import Cancellation
+
         # Cancelling works in every phase: between steps through the pipeline's interrupt flag,
         # elsewhere (preprocessors, encoders, the VAE decode) at the next torch module call.
         cancellation = Cancellation(cancel, job_id)
-        # 1. Check everything that needs no weights (models, params, images: Engine.check),
-        #    then compute the ControlNet units' control maps.
-        checked = self.check(job, images)
-        if job.task == "preprocess":
-            with cancellation.armed():
-                return self._preprocess(job, job_id, emit, cancel, images)
         import torch
 
         from ctrlgen.core.engine import tasks
@@ -727,6 +770,8 @@ class Engine:
                 stack.enter_context(spec.attach(context, uses))
             if task_inputs.attach is not None:  # inpaint's latent fill, on the pipeline that will run
                 stack.enter_context(task_inputs.attach(context.pipeline))
+            if customize is not None:
+                stack.enter_context(customize(context, task_inputs))
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"job {job_id} was cancelled before it started")
 

@@ -18,7 +18,7 @@ from ctrlgen.core.errors import JobError, ParamError
 from ctrlgen.core.images import MAX_SIDE, RESIZE_MODES
 from ctrlgen.core.plugins.specs import check_text
 
-Task = Literal["txt2img", "img2img", "inpaint", "preprocess"]
+Task = Literal["txt2img", "img2img", "inpaint", "preprocess", "fix"]
 
 
 class ControlUnit(BaseModel):
@@ -103,6 +103,85 @@ class AdapterUse(BaseModel):
         return dict(self.model_extra or {})
 
 
+DetectionOrder = Literal["none", "left_to_right", "center_to_edge", "area", "confidence"]
+
+
+class DetailPass(BaseModel):
+    """One fix pass (ADetailer's tab, FaceDetailer's node): detect, select, mask, repaint each
+    detection. Defaults are ADetailer's; docs/fixing.md has the whole table and the order in
+    which the mask operations apply."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # -- detection and selection (in this order) --
+    detector: str = Field(description="Detector name, as `ctrlgen plugins --all` lists it")
+    detector_params: dict[str, Any] = Field(default_factory=dict, description="The detector's params")
+    confidence: float = Field(default=0.3, ge=0.0, le=1.0, description="Drop detections below this confidence")
+    min_area_ratio: float = Field(default=0.0, ge=0.0, le=1.0, description="Drop boxes smaller than this share "
+                                  "of the image")
+    max_area_ratio: float = Field(default=1.0, ge=0.0, le=1.0, description="Drop boxes larger than this share")
+    top_k: int = Field(default=0, ge=0, le=1000, description="Keep only the k best by top_k_by (0: all)")
+    top_k_by: Literal["area", "confidence"] = "area"
+    sort_by: DetectionOrder = Field(default="none", description="The order detections are repainted and "
+                                    "numbered in (per-detection prompts, seeds, select)")
+    select: list[int] | None = Field(default=None, description="Repaint only these detections (0-based) ...")
+    select_by: Literal["order", "size", "confidence"] = Field(
+        default="order", description="... counted in the sort order, by size rank or by confidence rank")
+    # -- the mask (in this order) --
+    x_offset: int = Field(default=0, ge=-4096, le=4096, description="Move the mask right (px)")
+    y_offset: int = Field(default=0, ge=-4096, le=4096, description="Move the mask up (px, ADetailer's sign)")
+    dilate_erode: int = Field(default=4, ge=-256, le=256, description="Grow (or, negative, shrink) the mask")
+    merge: Literal["none", "merge", "merge_invert"] = Field(
+        default="none", description="Repaint each mask, or their union once, or everything but the union")
+    mask_blur: float = Field(default=4.0, ge=0, le=256, description="Feather of the paste-back (px)")
+    # -- the repaint --
+    prompt: str = Field(default="", description="Empty: the job's prompt; [PROMPT] inserts it; [SEP] "
+                        "separates per-detection prompts; [SKIP] leaves that detection alone")
+    negative_prompt: str = ""
+    denoise: float = Field(default=0.4, gt=0.0, le=1.0, description="Denoising strength of the repaint")
+    dynamic_denoise_power: float = Field(default=0.0, ge=-10, le=10, description="Scale denoise by "
+                                         "(1 - box area / image area) ** power (0: off)")
+    only_masked: bool = Field(default=True, description="Repaint the mask's bounds plus padding at model resolution")
+    padding_px: int = Field(default=32, ge=0, le=1024, description="Context around the mask (only-masked)")
+    crop_factor: float | None = Field(default=None, ge=1.0, le=10.0, description="FaceDetailer's crop: the box "
+                                      "scaled by this (3 in FaceDetailer) instead of padding_px")
+    guide_size: int = Field(default=512, ge=64, le=4096, description="The crop is repainted with its shorter side "
+                            "at this size ...")
+    max_size: int = Field(default=1024, ge=64, le=4096, description="... and its longer side at most this")
+    width: int | None = Field(default=None, ge=64, le=4096, description="Repaint at exactly this size instead")
+    height: int | None = Field(default=None, ge=64, le=4096)
+    fill: FillMode = Field(default="original", description="Masked content, as job.inpaint.fill")
+    cycles: int = Field(default=1, ge=1, le=10, description="Repaint each detection this many times (FaceDetailer)")
+    soft_inpainting: bool = Field(default=True, description="Blend the latents toward the original by the "
+                                  "feathered mask at every step (soft seams)")
+    colour_match: bool = Field(default=True, description="Match the repainted patch's colours to its surroundings")
+    control: list[ControlUnit] = Field(default_factory=list, description="ControlNet units for this pass only")
+    # -- overrides for this pass only (None: the job's) --
+    model: str | None = Field(default=None, description="Checkpoint for this pass")
+    vae: str | None = Field(default=None, description="VAE for this pass (a file or folder the store finds)")
+    sampler: str | None = None
+    steps: int | None = Field(default=None, ge=1, le=150)
+    cfg_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    clip_skip: int | None = Field(default=None, ge=1, le=12)
+    seed: int | None = Field(default=None, ge=-1, le=2**32 - 1, description="Base seed of this pass (None or -1: "
+                             "the image's seed)")
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str | None) -> str | None:
+        from ctrlgen.core.engine.samplers import resolve_sampler_name
+
+        return None if value is None else resolve_sampler_name(value)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DetailPass:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height (the repaint size) or neither")
+        if self.max_size < self.guide_size:
+            raise ValueError(f"max_size {self.max_size} is below guide_size {self.guide_size}; raise max_size")
+        return self
+
+
 class Job(BaseModel):
     """A generation request."""
 
@@ -132,6 +211,9 @@ class Job(BaseModel):
         default=None, description="Expand the canvas (px per side) and inpaint the new area; selects inpaint")
     control: list[ControlUnit] = Field(default_factory=list)
     adapters: list[AdapterUse] = Field(default_factory=list)
+    detail: list[DetailPass] = Field(
+        default_factory=list, description="Fix passes (faces, hands, ...) run on each result, in order; "
+        "task 'fix' runs only these on job.image")
 
     @field_validator("sampler")
     @classmethod
@@ -149,15 +231,36 @@ class Job(BaseModel):
                 self.task = "inpaint"
             else:  # an image nothing else reads is the picture to change (A1111's img2img tab)
                 self.task = "img2img" if self.image and not image_is_control else "txt2img"
-        if self.task == "preprocess":
+        if self.task == "fix":
+            if not self.detail:
+                raise ValueError("task 'fix' runs fix passes; add at least one to job.detail "
+                                 "(e.g. {\"detector\": \"mediapipe_face\"})")
+            if not self.image:
+                raise ValueError("task 'fix' needs job.image (the picture to fix)")
+            if self.mask or self.outpaint or self.control or self.adapters:
+                raise ValueError("task 'fix' only runs job.detail on job.image; drop job.mask, job.outpaint, "
+                                 "job.control and job.adapters (a pass has its own `control`)")
+        elif self.task == "preprocess":
             if not self.control:
                 raise ValueError("task 'preprocess' runs the control units' preprocessors; add at least one unit "
                                  "to job.control (e.g. {\"preprocessor\": \"canny\"})")
             if self.outpaint or self.adapters:
                 raise ValueError("task 'preprocess' only runs preprocessors; drop job.outpaint and job.adapters")
+            if self.detail:
+                raise ValueError("task 'preprocess' only runs preprocessors; drop job.detail (fix passes need a "
+                                 "model: task 'fix')")
             return self
         if not self.model:
             raise ValueError("job.model is missing: name a checkpoint (`ctrlgen models` lists them)")
+        for index, detail in enumerate(self.detail):
+            steps = detail.steps or self.steps
+            if int(steps * detail.denoise) < 1:
+                raise ValueError(f"detail[{index}]: steps={steps} × denoise={detail.denoise} leaves no denoising "
+                                 f"step; raise steps to at least {math.ceil(1 / detail.denoise)} or denoise")
+            for unit_index, unit in enumerate(detail.control):
+                if not unit.model:
+                    raise ValueError(f"detail[{index}].control[{unit_index}].model is missing: name a ControlNet "
+                                     "(`ctrlgen models`)")
         for index, unit in enumerate(self.control):
             if not unit.model:
                 raise ValueError(f"control[{index}].model is missing: name a ControlNet (`ctrlgen models`)")
@@ -200,7 +303,7 @@ class Job(BaseModel):
         data = self.model_dump()
         data["image"] = fix(self.image)
         data["mask"] = fix(self.mask)
-        for unit in data["control"]:
+        for unit in data["control"] + [unit for detail in data["detail"] for unit in detail["control"]]:
             unit["image"] = fix(unit.get("image"))
         for use in data["adapters"]:
             for name in _image_params(use["type"]):

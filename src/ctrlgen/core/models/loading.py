@@ -467,6 +467,35 @@ def _load_label_embedding(model: Any, path: Path, torch_dtype: Any) -> None:
     model.add_embedding.load_state_dict(weights, assign=True)
 
 
+def load_vae(path: Path | str, config: Mapping[str, Any], torch_dtype: Any = None) -> Any:
+    """A VAE (AutoencoderKL) from a diffusers folder, or from one safetensors file with diffusers
+    or original (LDM) keys, built with ``config`` (the pipeline's own VAE config: SD1.5, SD2 and
+    SDXL VAEs are the same network)."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    if path.is_dir():
+        with _quiet_diffusers():
+            return AutoencoderKL.from_pretrained(path, torch_dtype=torch_dtype)
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if any(key.startswith(("encoder.down.", "first_stage_model.", "vae.")) for key in state):  # original keys
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+        for prefix in ("first_stage_model.", "vae."):
+            if any(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        state = convert_ldm_vae_checkpoint(state, dict(config))
+    vae = AutoencoderKL.from_config(dict(config))
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFormatError(
+            f"{path} does not fit this checkpoint's VAE ({len(missing)} weights missing, {len(unexpected)} "
+            f"unexpected, e.g. {(list(missing) + list(unexpected))[0]}); pick a VAE made for this architecture")
+    return vae.to(torch_dtype) if torch_dtype is not None else vae
+
+
 def load_pipeline_from_folder(
     folder: Path,
     pipeline_cls_name: str | None = None,

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-EventKind = Literal["queued", "started", "progress", "preview", "finished", "error", "cancelled"]
+EventKind = Literal["queued", "started", "progress", "preview", "detail", "finished", "error", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,8 @@ class JobEvent:
 
     - ``progress``: ``step``, ``total``
     - ``preview``: ``step``, ``total``, ``image`` (small ``uint8`` H×W×3 RGB; only when asked for)
+    - ``detail``: a fix pass's progress: ``phase`` (``detected``, ``step``, ``skipped``, ``done``),
+      ``image``, ``pass_index``, ``detection``, ``detections``, ... (docs/fixing.md)
     - ``finished``: ``outputs`` (list of paths or result ids)
     - ``error``: ``code``, ``message``
     """
