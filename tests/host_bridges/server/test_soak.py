@@ -10,6 +10,7 @@ in a kill is retried without making a second job.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import random
 import threading
 import time
@@ -56,7 +57,7 @@ class Cluster:
             server = self.current()
             try:
                 return server.request(method, path, body, headers, timeout=30)
-            except OSError:  # refused, reset, or the answer was lost in a kill
+            except (OSError, http.client.HTTPException):  # refused, reset, or the answer cut off by a kill
                 if time.monotonic() > give_up:
                     raise
                 time.sleep(0.1)
