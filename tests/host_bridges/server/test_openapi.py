@@ -153,12 +153,13 @@ def test_answers_and_events_are_typed(document):
     assert set(schemas["JobDetail"]["properties"]) - set(schemas["JobItem"]["properties"]) == {"results", "error"}
     stream = paths["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
     kinds = stream["x-ctrlgen-events"]
-    assert set(kinds) == {"queued", "started", "progress", "preview", "finished", "error", "cancelled",
+    assert set(kinds) == {"queued", "started", "progress", "preview", "detail", "finished", "error", "cancelled",
                           "interrupted"}
     for kind, ref in kinds.items():
         assert ref.removeprefix("#/components/schemas/") in schemas, kind
         assert ref in stream["schema"]["description"], kind
     assert schemas["ProgressEvent"]["required"] == ["step", "total"]
+    assert schemas["DetailEvent"]["required"] == ["phase", "image_index", "pass_index", "detections"]
 
 
 # -- a generated client ------------------------------------------------------------------------------------

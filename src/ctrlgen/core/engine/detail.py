@@ -33,6 +33,11 @@ from ctrlgen.core.errors import CtrlgenError, JobError
 
 IMAGE_REF = "ctrlgen-detail:image"
 MASK_REF = "ctrlgen-detail:mask"
+HAND_REF = "ctrlgen-detail:hand"  # the hand-structure unit's map over the picture
+# hand_structure -> (the preprocessor that draws it, its template flag, default weight, default control mode)
+HAND_MAPS = {"openpose": ("hand_openpose", False, 1.0, "balanced"),
+             "depth": ("hand_depth", False, 1.0, "balanced"),
+             "template": ("hand_depth", True, 1.5, "controlnet")}
 
 
 # -- checking ---------------------------------------------------------------------------------
@@ -65,10 +70,16 @@ def check_passes(engine: Any, job: Any, images: Callable[[str, str], np.ndarray]
             vae_entry(engine, detail_pass.vae, owner)
         sub = repaint_job(job, detail_pass, prompt=job.prompt, negative_prompt=job.negative_prompt, seed=0,
                           size=(64, 64), denoise=detail_pass.denoise, padding=detail_pass.padding_px)
+        hand_probe = np.zeros(picture.shape[:2] + (3,), np.uint8) if detail_pass.hand_structure else None
         try:
-            engine.check(sub, _source(picture, probe_mask, images))
+            engine.check(sub, _source(picture, probe_mask, images, hand_probe))
         except CtrlgenError as exc:
-            raise _under(owner, exc) from None
+            raise _under(owner, exc, _hand_unit(detail_pass)) from None
+
+
+def _hand_unit(detail_pass: Any) -> int | None:
+    """The index of the hand-structure unit in the pass's repaint job (None: it has none)."""
+    return len(detail_pass.control) if detail_pass.hand_structure is not None else None
 
 
 def vae_entry(engine: Any, name: str, owner: str) -> Any:
@@ -95,10 +106,16 @@ def detector_spec(name: str, owner: str = "detail[0]") -> Any:
         raise exc.with_traceback(None) from None
 
 
-def _under(owner: str, exc: CtrlgenError) -> CtrlgenError:
+def _under(owner: str, exc: CtrlgenError, hand_unit: int | None = None) -> CtrlgenError:
     """An error about the repaint job, its field paths moved under the pass (``job.model`` →
-    ``detail[0].model``, ``control[1]`` → ``detail[0].control[1]``)."""
+    ``detail[0].model``, ``control[1]`` → ``detail[0].control[1]``; the hand-structure unit,
+    ``control[hand_unit]``, → ``detail[0].hand_model``, ``.hand_weight``, ...)."""
     text = str(exc)
+    if hand_unit is not None:
+        unit = rf"(?<![\w.\]])control\[{hand_unit}\]"
+        for field_name in ("model", "weight", "control_mode"):
+            text = re.sub(rf"{unit}\.{field_name}\b", f"{owner}.hand_{field_name}", text)
+        text = re.sub(unit, f"{owner}.hand_structure", text)
     text = re.sub(r"\bjob\.", f"{owner}.", text)
     text = re.sub(r"(?<![\w.\]])control\[", f"{owner}.control[", text)
     if not text.startswith(owner):
@@ -284,19 +301,67 @@ def repaint_job(job: Any, detail_pass: Any, *, prompt: str, negative_prompt: str
         "strength": max(denoise, 1.0 / steps),
         "inpaint": {"grow_px": 0, "feather_px": detail_pass.mask_blur, "only_masked": detail_pass.only_masked,
                     "padding_px": padding, "fill": detail_pass.fill},
-        "control": [unit.model_dump() for unit in detail_pass.control],
+        "control": [unit.model_dump() for unit in detail_pass.control] + hand_units(detail_pass),
     })
 
 
-def _source(picture: np.ndarray, mask: np.ndarray,
-            outer: Callable[[str, str], np.ndarray]) -> Callable[[str, str], np.ndarray]:
-    """An image source serving the picture being fixed and one repaint mask; other references
-    (a pass's ControlNet images) go to the job's own source ``outer``."""
+def hand_units(detail_pass: Any) -> list[dict[str, Any]]:
+    """The hand-structure ControlNet unit of a pass (none without ``hand_structure``): it reads
+    ``HAND_REF`` and comes last among the repaint job's units (:func:`pass_hooks` relies on it)."""
+    if detail_pass.hand_structure is None:
+        return []
+    _, _, weight, mode = HAND_MAPS[detail_pass.hand_structure]
+    return [{"model": detail_pass.hand_model, "image": HAND_REF, "preprocessor": "none",
+             "resize_mode": "just_resize",
+             "weight": weight if detail_pass.hand_weight is None else detail_pass.hand_weight,
+             "control_mode": detail_pass.hand_control_mode or mode}]
+
+
+def hand_landmarks(detections: list[Any], detector: str, owner: str) -> list[np.ndarray]:
+    """The 21 landmarks (21×3 px) of each detection; an error naming the pass when one has none."""
+    hands = []
+    for index, detection in enumerate(detections):
+        points = None if detection.keypoints is None else np.asarray(detection.keypoints, np.float32)
+        if points is None or points.ndim != 2 or points.shape[0] != 21:
+            shape = "none" if points is None else f"keypoints of shape {tuple(points.shape)}"
+            raise JobError(f"{owner}.hand_structure needs 21 hand landmarks per detection; detector {detector!r} "
+                           f"gave detection {index} {shape}. Use a detector with hand landmarks (mediapipe_hands) "
+                           "or drop hand_structure")
+        if points.shape[1] == 2:
+            points = np.concatenate([points, np.zeros((21, 1), np.float32)], axis=1)
+        hands.append(points[:, :3])
+    return hands
+
+
+def hand_map(kind: str, hands: list[np.ndarray], width: int, height: int, region: Region | None = None) -> np.ndarray:
+    """The ``hand_structure`` map of ``hands`` (21×3 px over the picture) on a ``width``×``height``
+    map: over the whole picture, or with ``region`` over that crop of it scaled to the map's size.
+    Drawn by the registered ``hand_openpose``/``hand_depth`` preprocessor."""
+    from ctrlgen.core.engine.preprocess import preprocess
+
+    name, template, _, _ = HAND_MAPS[kind]
+    if region is not None:
+        scale_x, scale_y = width / region.width, height / region.height
+        offset = np.array([region.x0, region.y0, 0], np.float32)
+        scale = np.array([scale_x, scale_y, (scale_x + scale_y) / 2], np.float32)
+        hands = [(hand - offset) * scale for hand in hands]
+    canvas = np.zeros((height, width, 3), np.uint8)
+    if not hands:
+        return canvas
+    return preprocess(name, canvas, keypoints=[hand.tolist() for hand in hands], template=template).image
+
+
+def _source(picture: np.ndarray, mask: np.ndarray, outer: Callable[[str, str], np.ndarray],
+            hand: np.ndarray | None = None) -> Callable[[str, str], np.ndarray]:
+    """An image source serving the picture being fixed, one repaint mask and the hand map;
+    other references (a pass's ControlNet images) go to the job's own source ``outer``."""
     def load(reference: str, what: str) -> np.ndarray:
         if reference == IMAGE_REF:
             return picture
         if reference == MASK_REF:
             return mask
+        if reference == HAND_REF and hand is not None:
+            return hand
         return outer(reference, what)
 
     return load
@@ -354,7 +419,11 @@ def run_passes(engine: Any, job: Any, picture: np.ndarray, seed: int, job_id: st
                 box_area = chosen[index].area if detail_pass.merge == "none" else float((mask > 0).sum())
                 denoise = dynamic_denoise(detail_pass.denoise, detail_pass.dynamic_denoise_power, box_area,
                                           float(width * height))
-                picture = repaint(engine, job, detail_pass, picture, mask, prompt=prompts[index],
+                hands = None
+                if detail_pass.hand_structure is not None:  # this detection's hand, or all with a merged mask
+                    hands = hand_landmarks([chosen[index]] if detail_pass.merge == "none" else chosen,
+                                           detail_pass.detector, owner)
+                picture = repaint(engine, job, detail_pass, picture, mask, hands=hands, prompt=prompts[index],
                                   negative_prompt=negatives[index] or "", seed=detection_seed, denoise=denoise,
                                   job_id=job_id, emit=emit, cancel=cancel, images=images,
                                   preview_every=preview_every, where=where, owner=owner)
@@ -368,19 +437,29 @@ def run_passes(engine: Any, job: Any, picture: np.ndarray, seed: int, job_id: st
 
 def repaint(engine: Any, job: Any, detail_pass: Any, picture: np.ndarray, mask: np.ndarray, *, prompt: str,
             negative_prompt: str, seed: int, denoise: float, job_id: str, emit: Callable[..., None], cancel: Any,
-            images: Any, preview_every: int, where: dict[str, Any], owner: str) -> np.ndarray:
+            images: Any, preview_every: int, where: dict[str, Any], owner: str,
+            hands: list[np.ndarray] | None = None) -> np.ndarray:
     """One detection repainted: an inpaint job through the engine's steps 2-8 with the pass's
-    seams (soft inpainting, colour matching). Returns the picture with the patch pasted back."""
+    seams (soft inpainting, colour matching) and, with ``hands`` (the pass's ``hand_structure``),
+    the hand map on its ControlNet unit. Returns the picture with the patch pasted back."""
     height, width = mask.shape
     padding = padding_for(mask, detail_pass)
     region = masked_region(mask, padding) if detail_pass.only_masked else Region(0, 0, width, height)
     sub = repaint_job(job, detail_pass, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
                       size=repaint_size(region, detail_pass), denoise=denoise, padding=padding)
-    source = _source(picture, mask, images)
+    hand_picture_map = hand_crop_map = None
+    if hands is not None:
+        kind = detail_pass.hand_structure
+        hand_picture_map = hand_map(kind, hands, width, height)
+
+        def hand_crop_map(crop: Region, map_width: int, map_height: int) -> np.ndarray:
+            return hand_map(kind, hands, map_width, map_height, crop)
+
+    source = _source(picture, mask, images, hand_picture_map)
     try:
         checked = engine.check(sub, source)
     except CtrlgenError as exc:
-        raise _under(owner, exc) from None
+        raise _under(owner, exc, _hand_unit(detail_pass)) from None
 
     def sub_emit(kind: str, **data: Any) -> None:
         if kind == "progress":
@@ -390,7 +469,8 @@ def repaint(engine: Any, job: Any, detail_pass: Any, picture: np.ndarray, mask: 
 
     vae = vae_entry(engine, detail_pass.vae, owner) if detail_pass.vae is not None else None
     customize = pass_hooks(detail_pass.soft_inpainting, detail_pass.colour_match, detail_pass.mask_blur,
-                           vae=None if vae is None else (lambda like: engine.load_vae(vae, like)))
+                           vae=None if vae is None else (lambda like: engine.load_vae(vae, like)),
+                           hand=hand_crop_map)
     result = engine._generate(sub, checked, job_id, sub_emit, cancel, source, preview_every, customize=customize)
     return np.asarray(result.images[0])
 
@@ -398,11 +478,12 @@ def repaint(engine: Any, job: Any, detail_pass: Any, picture: np.ndarray, mask: 
 # -- seams --------------------------------------------------------------------------------------
 
 
-def pass_hooks(soft: bool, colour: bool, feather_px: float,
-          vae: Callable[[Any], Any] | None = None) -> Callable[[Any, Any], Any] | None:
+def pass_hooks(soft: bool, colour: bool, feather_px: float, vae: Callable[[Any], Any] | None = None,
+               hand: Callable[[Region, int, int], np.ndarray] | None = None) -> Callable[[Any, Any], Any] | None:
     """The ``customize`` hook of :meth:`Engine._generate` for a repaint: the pass's VAE (``vae(like)``
-    loads it), soft inpainting and colour matching, as switched on (None: none of them)."""
-    if not soft and not colour and vae is None:
+    loads it), the hand map drawn at the crop (``hand(region, width, height)``), soft inpainting
+    and colour matching, as switched on (None: none of them)."""
+    if not soft and not colour and vae is None and hand is None:
         return None
 
     @contextlib.contextmanager
@@ -411,6 +492,8 @@ def pass_hooks(soft: bool, colour: bool, feather_px: float,
             context.pipeline.register_modules(vae=vae(context.pipeline.vae))
         frame = task_inputs.frame
         region = frame.region
+        if hand is not None:
+            _use_crisp_hand_map(context, hand(region, context.width, context.height))
         from ctrlgen.core.images import resize
 
         def at_size(alpha: np.ndarray) -> np.ndarray:
@@ -433,6 +516,21 @@ def pass_hooks(soft: bool, colour: bool, feather_px: float,
             yield
 
     return customize
+
+
+def _use_crisp_hand_map(context: Any, drawn: np.ndarray) -> None:
+    """Give the hand unit (the repaint job's last ControlNet unit) its map drawn at the crop's
+    generation size: the map over the picture, cropped and scaled up, would blur a small hand's
+    lines. The ControlNet adapter restores ``call_kwargs`` when the job ends."""
+    from PIL import Image
+
+    drawn_image = Image.fromarray(drawn)
+    images = context.call_kwargs.get("control_image")
+    if isinstance(images, list):
+        context.call_kwargs["control_image"] = images[:-1] + [drawn_image]
+    elif images is not None:
+        context.call_kwargs["control_image"] = drawn_image
+    context.control_maps.append(drawn)
 
 
 @contextlib.contextmanager

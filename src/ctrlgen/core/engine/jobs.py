@@ -156,6 +156,15 @@ class DetailPass(BaseModel):
                                   "feathered mask at every step (soft seams)")
     colour_match: bool = Field(default=True, description="Match the repainted patch's colours to its surroundings")
     control: list[ControlUnit] = Field(default_factory=list, description="ControlNet units for this pass only")
+    # -- the hand's structure as one more ControlNet unit (detectors with 21 hand landmarks) --
+    hand_structure: Literal["openpose", "depth", "template"] | None = Field(
+        default=None, description="Feed hand_model the detected hand's OpenPose skeleton, its depth-like map "
+        "(near = bright) or a template open hand's depth map fitted to it, drawn at the repaint's crop")
+    hand_model: str | None = Field(default=None, description="The ControlNet the hand map feeds (openpose or depth)")
+    hand_weight: float | None = Field(default=None, ge=0.0, le=2.0, description="Its weight (default 1.0; "
+                                      "1.5 with the template hand)")
+    hand_control_mode: str | None = Field(default=None, description="Its control mode (default balanced; "
+                                          "controlnet, 'ControlNet is more important', with the template hand)")
     # -- overrides for this pass only (None: the job's) --
     model: str | None = Field(default=None, description="Checkpoint for this pass")
     vae: str | None = Field(default=None, description="VAE for this pass (a file or folder the store finds)")
@@ -177,6 +186,10 @@ class DetailPass(BaseModel):
     def _sizes(self) -> DetailPass:
         if (self.width is None) != (self.height is None):
             raise ValueError("give both width and height (the repaint size) or neither")
+        if self.hand_structure is None and (self.hand_model or self.hand_weight is not None
+                                            or self.hand_control_mode):
+            raise ValueError("hand_model, hand_weight and hand_control_mode go with hand_structure; set "
+                             "hand_structure ('openpose', 'depth' or 'template') or drop them")
         if self.max_size < self.guide_size:
             raise ValueError(f"max_size {self.max_size} is below guide_size {self.guide_size}; raise max_size")
         return self
@@ -257,6 +270,10 @@ class Job(BaseModel):
             if int(steps * detail.denoise) < 1:
                 raise ValueError(f"detail[{index}]: steps={steps} × denoise={detail.denoise} leaves no denoising "
                                  f"step; raise steps to at least {math.ceil(1 / detail.denoise)} or denoise")
+            if detail.hand_structure is not None and not detail.hand_model:
+                raise ValueError(f"detail[{index}].hand_model is missing: hand_structure "
+                                 f"{detail.hand_structure!r} feeds a ControlNet; name one (`ctrlgen models`: an "
+                                 f"{'openpose' if detail.hand_structure == 'openpose' else 'depth'} ControlNet)")
             for unit_index, unit in enumerate(detail.control):
                 if not unit.model:
                     raise ValueError(f"detail[{index}].control[{unit_index}].model is missing: name a ControlNet "

@@ -414,6 +414,8 @@ class JobQueue:
                            {"step": int(event.data["step"]), "total": int(event.data["total"])})
             elif event.kind == "preview" and record.preview:
                 self._post(record.add_event, "preview", encode_preview(event.data))
+            elif event.kind == "detail":
+                self._post(record.add_event, "detail", detail_event(event.data))
             # finished / error / cancelled are reported from the outcome, with the server's codes
 
         return engine.run(record.job, on_event=on_event, cancel=record.cancel, job_id=record.id,
@@ -432,6 +434,19 @@ class JobQueue:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+DETAIL_FIELDS = {"phase": str, "image_index": int, "pass_index": int, "found": int, "detections": int,
+                 "detection": int, "cycle": int, "step": int, "total": int, "reason": str}
+
+
+def detail_event(data: dict) -> dict:
+    """A fix pass's ``detail`` event as JSON (models.DetailEvent): the known fields as plain ints
+    and strings, the boxes as lists of floats (the engine may hand numpy values)."""
+    out = {name: kind(data[name]) for name, kind in DETAIL_FIELDS.items() if data.get(name) is not None}
+    if data.get("boxes") is not None:
+        out["boxes"] = [[round(float(v), 2) for v in box] for box in data["boxes"]]
+    return out
 
 
 def encode_preview(data: dict) -> dict:

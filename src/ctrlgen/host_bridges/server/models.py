@@ -268,6 +268,25 @@ class PreviewEvent(_Event):
     data: str = Field(description="the PNG, base64; longest side at most 256")
 
 
+class DetailEvent(_Event):
+    """A fix pass's progress (docs/fixing.md, Events): which image, pass and detection, and the phase."""
+
+    phase: Literal["detected", "step", "skipped", "done"] = Field(
+        description="detected: after the detector and the selection; step: a denoising step of a repaint; "
+                    "skipped: a detection left alone; done: a detection repainted and pasted back")
+    image_index: int = Field(description="the batch image the pass runs on")
+    pass_index: int = Field(description="the pass, in job.detail")
+    found: int | SkipJsonSchema[None] = _absent_unless("detected: all detections the detector found")
+    detections: int = Field(description="how many detections the pass repaints")
+    boxes: list[list[float]] | SkipJsonSchema[None] = _absent_unless(
+        "detected: the box of each detection to repaint, [x0, y0, x1, y1] in pixels")
+    detection: int | SkipJsonSchema[None] = _absent_unless("step, skipped, done: the detection (0-based)")
+    cycle: int | SkipJsonSchema[None] = _absent_unless("step, skipped, done: the cycle (0-based)")
+    step: int | SkipJsonSchema[None] = _absent_unless("step: the denoising step (1-based)")
+    total: int | SkipJsonSchema[None] = _absent_unless("step: the repaint's steps")
+    reason: str | SkipJsonSchema[None] = _absent_unless("skipped: why ('[SKIP]', 'empty mask')")
+
+
 class FinishedEvent(_Event):
     results: list[ResultInfo]
 
@@ -288,4 +307,4 @@ class InterruptedEvent(_Event):
 
 EVENTS: dict[str, type[BaseModel]] = {
     "queued": QueuedEvent, "started": StartedEvent, "progress": ProgressEvent, "preview": PreviewEvent,
-    "finished": FinishedEvent, "error": ErrorEvent, "cancelled": CancelledEvent, "interrupted": InterruptedEvent}
+    "detail": DetailEvent, "finished": FinishedEvent, "error": ErrorEvent, "cancelled": CancelledEvent, "interrupted": InterruptedEvent}
