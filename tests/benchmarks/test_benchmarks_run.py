@@ -22,3 +22,11 @@ def test_engine_benchmark_runs(tmp_path, torch_single_thread):
                                                        "inpaint", "first", "ctrlgen"]
     assert all(r["ratio"] > 0 for r in rows)
     assert (tmp_path / "r.json").is_file()
+
+
+def test_fix_benchmark_runs(tmp_path, torch_single_thread):
+    rows = load("bench_fix").main(["--images", "3", "--repeat", "1", "--steps", "3", "--size", "96", "--guide", "64",
+                                   "--json", str(tmp_path / "r.json")])
+    assert [r["measure"].split()[0] for r in rows] == ["ctrlgen", "detection"]
+    assert all(r["ratio"] > 0 for r in rows)
+    assert (tmp_path / "r.json").is_file()

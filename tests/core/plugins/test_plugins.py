@@ -368,5 +368,6 @@ def test_a_plugin_cannot_take_a_builtin_command(make_distribution, capsys):
 def test_builtin_commands_come_from_the_hook(fresh_plugins):
     infos = plugins.get_host().infos
     for module in ("ctrlgen.host_bridges.server.cli", "ctrlgen.host_bridges.client_cli",
-                   "ctrlgen.host_bridges.install_cli", "ctrlgen.preprocessors.pose.openpose"):
+                   "ctrlgen.host_bridges.install_cli", "ctrlgen.preprocessors.pose.openpose",
+                   "ctrlgen.detectors.fix_cli"):
         assert "ctrlgen_cli_commands" in infos[module].hooks, module
