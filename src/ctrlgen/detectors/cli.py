@@ -9,15 +9,20 @@ import sys
 from ctrlgen.core.plugins.manager import hookimpl
 
 
-def _param(text: str) -> tuple[str, object]:
+def assignment(text: str, example: str = "confidence=0.5") -> tuple[str, object]:
+    """``NAME=VALUE`` from the command line; VALUE is read as JSON when it parses (``--param``, ``--set``)."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--param {text!r}: write it as NAME=VALUE (e.g. confidence=0.5)")
+        raise argparse.ArgumentTypeError(f"{text!r}: write it as NAME=VALUE (e.g. {example})")
     name, value = text.split("=", 1)
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError:
         parsed = value
     return name.strip(), parsed
+
+
+def _param(text: str) -> tuple[str, object]:
+    return assignment(text, "confidence=0.5")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

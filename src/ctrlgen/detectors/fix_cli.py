@@ -14,20 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ctrlgen.core.plugins.manager import hookimpl
+from ctrlgen.detectors.cli import assignment
 
 DEFAULT_FACE_DETECTOR = "mediapipe_face_full"
 DEFAULT_HAND_DETECTOR = "mediapipe_hands"
 
 
 def _assignment(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: write it as NAME=VALUE (e.g. denoise=0.5)")
-    name, value = text.split("=", 1)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return name.strip(), parsed
+    return assignment(text, "denoise=0.5")
 
 
 def read_passes(args: argparse.Namespace) -> list[dict[str, Any]]:

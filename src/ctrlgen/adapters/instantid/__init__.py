@@ -101,14 +101,10 @@ def _label(context) -> str:
     return f"adapters[{index}] (instantid)"
 
 
-def check_instantid(context, uses):
-    """What needs no weights (the spec's ``check``): one use, guidance order, the face photo,
-    the face IP-Adapter and IdentityNet by their headers, the pose image readable."""
+def _one_use(label: str, uses) -> dict:
+    """The job's one instantid use, its guidance window in order (check and attach both ask)."""
     from ctrlgen.core.errors import JobError
 
-    if not uses:
-        return
-    label = _label(context)
     if len(uses) > 1:
         raise JobError("a job takes one instantid use (one identity); give the others in separate jobs")
     params = uses[0]
@@ -117,6 +113,18 @@ def check_instantid(context, uses):
             f"{label}.guidance_start={params['guidance_start']} must be below "
             f"guidance_end={params['guidance_end']}"
         )
+    return params
+
+
+def check_instantid(context, uses):
+    """What needs no weights (the spec's ``check``): one use, guidance order, the face photo,
+    the face IP-Adapter and IdentityNet by their headers, the pose image readable."""
+    from ctrlgen.core.errors import JobError
+
+    if not uses:
+        return
+    label = _label(context)
+    params = _one_use(label, uses)
     if params["face_image"] is None:
         raise JobError(f"{label}.face_image is missing; give a photo of the person")
     for name in ("model", "controlnet"):
@@ -160,18 +168,8 @@ def attach_instantid(context, uses):
     from ctrlgen.adapters.ip_adapter.prepare import check_fits_unet
     from ctrlgen.core.errors import JobError
 
-    index = next(
-        (i for i, use in enumerate(context.job.adapters) if normalize_name(use.type) == "instantid"), 0
-    )
-    label = f"adapters[{index}] (instantid)"
-    if len(uses) > 1:
-        raise JobError("a job takes one instantid use (one identity); give the others in separate jobs")
-    params = uses[0]
-    if params["guidance_start"] >= params["guidance_end"]:
-        raise JobError(
-            f"{label}.guidance_start={params['guidance_start']} must be below "
-            f"guidance_end={params['guidance_end']}"
-        )
+    label = _label(context)
+    params = _one_use(label, uses)
     store, device = context.store, context.device
     entry = store.find(params["model"], category=("ipadapter",))
     state = read_ip_adapter(entry.path, store.allow_pickle, device)
