@@ -37,8 +37,7 @@ def _detector():
 
 
 def run_scrfd(image: np.ndarray, *, confidence: float, det_size: int) -> list[Detection]:
-    size = max(32, round(det_size / 32) * 32)  # SCRFD's feature pyramid needs a multiple of 32
-    faces = detect_scrfd(_detector(), image, size, confidence)
+    faces = detect_scrfd(_detector(), image, det_size, confidence)
     return [Detection(box=face.bbox, confidence=min(max(face.score, 0.0), 1.0), label="face",
                       keypoints=face.kps.astype(np.float32), data={"keypoint_names": list(KEYPOINT_NAMES)})
             for face in faces]

@@ -93,7 +93,7 @@ def detect_faces(
         _insightface()
         path = _pack_file(store, pack, 0)
         model = loaded(OWNER, lambda: _face.load_scrfd(path, device), key=("scrfd", path, device))
-        faces = _face.detect_scrfd(model, image, max(32, round(det_size / 32) * 32), 0.5)
+        faces = _face.detect_scrfd(model, image, det_size, 0.5)
     return sorted(faces, key=lambda face: face.area, reverse=True)
 
 

@@ -88,7 +88,9 @@ def load_scrfd(path: str, device: str):
 
 
 def detect_scrfd(detector, image: np.ndarray, det_size: int, min_confidence: float) -> list[Face]:
-    """Faces found by SCRFD on an RGB image (insightface reads BGR), as InstantID's app.get does."""
+    """Faces found by SCRFD on an RGB image (insightface reads BGR), as InstantID's app.get does.
+    ``det_size`` is rounded to a multiple of 32 (SCRFD's feature pyramid needs one)."""
+    det_size = max(32, round(det_size / 32) * 32)
     boxes, kpss = detector.detect(np.ascontiguousarray(image[:, :, ::-1]), input_size=(det_size, det_size),
                                   max_num=0, det_thresh=min_confidence)
     return [Face(tuple(float(v) for v in box[:4]), np.asarray(kps, np.float64), float(box[4]))

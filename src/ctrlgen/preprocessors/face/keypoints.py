@@ -54,8 +54,7 @@ def run_face_keypoints(image, mask=None, *, detector: str, max_faces: int, min_c
                        det_size: int) -> PreprocessResult:
     height, width = image.shape[:2]
     if detector == "insightface":
-        size = max(32, round(det_size / 32) * 32)  # SCRFD's feature pyramid needs a multiple of 32
-        faces = detect_scrfd(_scrfd(), image, size, min_confidence)
+        faces = detect_scrfd(_scrfd(), image, det_size, min_confidence)
     else:
         model = loaded(OWNER, lambda: load_mediapipe_detector(min_confidence),
                        key=("mediapipe", min_confidence))
