@@ -3,7 +3,8 @@
 The boxes below were checked by hand on the photos drawn with ``ctrlgen detect --draw``:
 skimage's astronaut (public domain, NASA) and insightface's group photo ``t1.jpg`` (shipped in
 the insightface wheel; its hands are the visible-hands photo: three hands holding cards or
-resting in the open, the others half hidden behind cards, glasses or people).
+resting in the open, the others half hidden behind cards, glasses or people), and three photos of
+one hand against a wall from the MIT-licensed npm package ``fingerpose`` (``photos/README.md``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,38 @@ def test_hands_in_the_group_photo(group_photo):
         mask = hand.mask > 127
         assert mask[int(hand.keypoints[0, 1]), int(hand.keypoints[0, 0])]  # the wrist is in the mask
         assert mask.sum() < (x1 - x0) * (y1 - y0)  # a hull, not the box
+
+
+# photos/*.jpg, by eye: the hand from fingertips to the wrist crease, and the fingertips in view
+HAND_PHOTOS = {
+    "nocurl": ((155, 95, 400, 560), {"index_tip": (220, 105), "thumb_tip": (355, 315)}),
+    "halfcurl": ((145, 193, 390, 560), {"index_tip": (330, 215), "thumb_tip": (345, 310)}),
+    "fullcurl": ((128, 258, 372, 560), {"thumb_tip": (325, 300)}),
+}
+
+
+@pytest.mark.parametrize("photo", sorted(HAND_PHOTOS))
+def test_one_hand_photo(photo):
+    from pathlib import Path
+
+    from PIL import Image
+
+    image = np.asarray(Image.open(Path(__file__).parent / "photos" / f"{photo}.jpg").convert("RGB"))
+    expected_box, tips = HAND_PHOTOS[photo]
+    (hand,) = ctrlgen.detect("mediapipe_hands", image)
+    assert hand.label == "hand" and hand.confidence > 0.5
+    # the detector's box is the landmarks' bounds with a margin: it holds the hand, and not much more
+    x0, y0, x1, y1 = hand.box
+    ex0, ey0, ex1, ey1 = expected_box
+    assert x0 <= ex0 + TOLERANCE and y0 <= ey0 + TOLERANCE and x1 >= ex1 - TOLERANCE and y1 >= ey1 - TOLERANCE, hand.box
+    assert ex0 - x0 < 50 and ey0 - y0 < 50 and x1 - ex1 < 50 and y1 - ey1 < 50, hand.box
+    names = hand.data["keypoint_names"]
+    for name, (tx, ty) in tips.items():
+        kx, ky = hand.keypoints[names.index(name), :2]
+        assert abs(kx - tx) <= 25 and abs(ky - ty) <= 25, (name, kx, ky)
+    mask = hand.mask > 127
+    assert mask[int(hand.keypoints[0, 1]), int(hand.keypoints[0, 0])]
+    assert not mask[20, 20] and not mask[20, 460]  # the wall
 
 
 def test_no_hands_on_the_astronaut(astronaut):
