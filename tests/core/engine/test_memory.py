@@ -142,3 +142,20 @@ def test_offloaded_jobs_match_resident_ones_on_a_gpu(tiny_model_root):
         assert result.memory.offload == mode.split("_")[0]
         assert np.abs(np.asarray(result.images[0], int) - np.asarray(resident.images[0], int)).max() <= 2
         assert torch.cuda.memory_allocated() <= before + 16 * 2**20  # weights went back to RAM
+
+
+@pytest.mark.gpu
+def test_free_memory_counts_a_per_process_cap():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from ctrlgen.core.engine.memory import free_memory
+
+    total = torch.cuda.mem_get_info()[1]
+    torch.cuda.set_per_process_memory_fraction(0.05)
+    try:
+        assert free_memory("cuda") <= int(total * 0.05)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert free_memory("cuda") > int(total * 0.05)

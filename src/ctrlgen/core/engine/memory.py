@@ -60,8 +60,15 @@ def free_memory(device: str) -> int | None:
     if device.startswith("cuda"):
         import torch
 
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
+        index = torch.device(device)
+        free, total = torch.cuda.mem_get_info(index)
+        # A cap set with torch.cuda.set_per_process_memory_fraction (another app shares the
+        # card, or gpu_check.sh simulates a small one) counts: what this process may still take.
+        get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.8
+        fraction = get_fraction(index) if get_fraction is not None else 1.0
+        if fraction < 1.0:
+            free = min(free, int(total * fraction) - torch.cuda.memory_reserved(index))
+        return max(int(free), 0)
     if device == "cpu":
         try:
             return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
