@@ -251,7 +251,7 @@ def _job_vs_bare(architecture: str, model: dict[str, Any], device: str, precisio
         ours_peak, bare_peak = _peak(ours), _peak(theirs)
         rows.append({"measure": f"{label}: peak device memory (GiB) ctrlgen vs bare", "value": ours_peak / GIB,
                      "baseline": bare_peak / GIB, "ratio": ours_peak / bare_peak, "target": "~1"})
-    del engine, bare
+    engine = bare = None  # free them before the next rows
     _free(device)
     return rows
 
@@ -348,7 +348,7 @@ def _speed_options(model: dict[str, Any], device: str, smoke: bool, repeat: int,
                      "ratio": compiled_s / default_s, "target": "< 1"})
     else:
         rows.append(_skipped(f"{label}: torch.compile", "time budget spent"))
-    del engine, bare
+    engine = bare = None  # free them before the next rows
     _free(device)
     return rows
 
