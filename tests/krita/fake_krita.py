@@ -72,6 +72,23 @@ class FakeSelection:
         return self.mask[y:y + h, x:x + w].tobytes()
 
 
+class FakeRect:
+    def __init__(self, x: int, y: int, w: int, h: int):
+        self._box = (x, y, w, h)
+
+    def x(self) -> int:
+        return self._box[0]
+
+    def y(self) -> int:
+        return self._box[1]
+
+    def width(self) -> int:
+        return self._box[2]
+
+    def height(self) -> int:
+        return self._box[3]
+
+
 class FakeNode:
     def __init__(self, name: str, kind: str, width: int, height: int):
         self._name, self._type = name, kind
@@ -80,6 +97,7 @@ class FakeNode:
         self.parent: FakeNode | None = None
         self._uid = uuid.UUID(int=next(_ids))
         self.removed = False
+        self.shown = True
 
     def name(self) -> str:
         return self._name
@@ -95,8 +113,26 @@ class FakeNode:
 
     def addChildNode(self, child: FakeNode, above: FakeNode | None) -> bool:  # noqa: N802
         child.parent = self
-        self.children.append(child)  # Krita puts it on top without `above`
+        if above is None:
+            self.children.append(child)  # Krita puts it on top without `above`
+        else:
+            self.children.insert(self.children.index(above) + 1, child)
         return True
+
+    def parentNode(self) -> FakeNode | None:  # noqa: N802
+        return self.parent
+
+    def visible(self) -> bool:
+        return self.shown
+
+    def setVisible(self, shown: bool) -> None:  # noqa: N802
+        self.shown = shown
+
+    def bounds(self) -> FakeRect:
+        ys, xs = np.nonzero(self.pixels[..., 3])
+        if len(xs) == 0:
+            return FakeRect(0, 0, 0, 0)
+        return FakeRect(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
 
     def remove(self) -> bool:
         if self.parent is None:
@@ -151,6 +187,18 @@ class FakeDocument:
     def activeNode(self) -> FakeNode | None:  # noqa: N802
         return self.active
 
+    def setActiveNode(self, node: FakeNode) -> None:  # noqa: N802
+        self.active = node
+
+    def add_group(self, name: str, parent: FakeNode | None = None) -> FakeNode:
+        group = self.createNode(name, "grouplayer")
+        (parent or self.root).addChildNode(group, None)
+        return group
+
+    def close(self) -> None:
+        """Krita's wrapper of a closed document answers None for its root."""
+        self.root = None
+
     def selection(self) -> FakeSelection | None:
         return self._selection
 
@@ -162,12 +210,20 @@ class FakeDocument:
     def projection(self) -> np.ndarray:
         """Layers composited bottom to top (normal blending, straight alpha)."""
         out = np.zeros((self._height, self._width, 4), np.float32)
-        for node in self.root.children:
+        for node in self._painted(self.root):
             src = node.pixels.astype(np.float32)
             a = src[..., 3:4] / 255.0
             out[..., :3] = src[..., :3] * a + out[..., :3] * (1 - a)
             out[..., 3:4] = 255.0 * (a + out[..., 3:4] / 255.0 * (1 - a))
         return np.round(out).astype(np.uint8)
+
+    def _painted(self, node: FakeNode) -> list[FakeNode]:
+        """Shown paint layers under ``node``, bottom first (groups flattened)."""
+        out = []
+        for child in node.children:
+            if child.shown:
+                out.extend(self._painted(child) if child.type() == "grouplayer" else [child])
+        return out
 
     def pixelData(self, x: int, y: int, w: int, h: int) -> bytes:  # noqa: N802
         return self.projection()[y:y + h, x:x + w].tobytes()

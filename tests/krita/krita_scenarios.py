@@ -7,6 +7,7 @@ and the plugin only: Krita's Python has neither pytest nor ctrlgen.
 """
 
 import base64
+import faulthandler
 import json
 import os
 import sys
@@ -226,44 +227,6 @@ def server_down(config):
     return out
 
 
-def screenshot(config):
-    """The docker in a real Krita window, connected, with a control layer and a queued job."""
-    from ctrlgen_krita import kritadoc
-    from ctrlgen_krita.docker import CtrlgenPanel
-    from ctrlgen_krita.qt import QApplication
-
-    controller, holder = _connected(config)
-    doc = holder["doc"] = _new_document(96, 96, "screenshot")
-    sketch = _paint_layer(doc, "Sketch", lambda x, y: (255, 255, 255, 255) if (x // 16 + y // 16) % 2
-                          else (30, 30, 30, 255))
-    doc.setActiveNode(sketch)
-    panel = CtrlgenPanel(controller)
-    panel.resize(400, 800)
-    panel.prompt_edit.setPlainText("a lighthouse on a cliff at dusk, oil painting")
-    panel.negative_edit.setPlainText("blurry, text")
-    panel.advanced_box.setChecked(True)
-    panel.url_edit.setText(config["url"])
-    from ctrlgen_krita.logic import ControlLayer
-
-    controller.settings.controls.append(ControlLayer(kritadoc.node_id(sketch), "Sketch", "canny",
-                                                     model=config["controlnet"], strength=0.8, end=0.9))
-    panel.refresh()
-    panel.control_list.setCurrentRow(0)
-    panel.show()
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.02)
-    controller.message = "Ready. Select an area to inpaint it, or press Generate for the whole canvas."
-    panel.refresh()
-    for _ in range(5):
-        QApplication.processEvents()
-    body = panel.body
-    body.resize(body.sizeHint().width() + 10, body.sizeHint().height())
-    ok = body.grab().save(config["screenshot"], "PNG")
-    panel.close()
-    return {"saved": bool(ok), "path": config["screenshot"]}
-
-
 def window(config):
     """A real Krita main window: the docker factory and the actions the plugin registered."""
     import ctrlgen_krita  # noqa: F401 - importing registers the docker factory and the extension
@@ -298,7 +261,8 @@ def window(config):
             QApplication.processEvents()
             time.sleep(0.02)
         saved = win.qwindow().grab().save(config["window_screenshot"], "PNG")
-    actions = {name: app.action(name) is not None for name in ("ctrlgen_generate", "ctrlgen_inpaint", "ctrlgen_cancel")}
+    actions = {name: app.action(name) is not None for name in ("ctrlgen_generate", "ctrlgen_inpaint", "ctrlgen_cancel",
+                                                               "ctrlgen_fix_faces", "ctrlgen_fix_hands")}
     return {"dockers": len(dockers), "title": dockers[0].windowTitle() if dockers else None,
             "connection": panel.controller.connection if panel else None,
             "message": panel.controller.message if panel else None, "actions": actions,
@@ -425,24 +389,30 @@ def model_resolution(config):
             "pixels": _b64(layer.pixelData(0, 0, 96, 64)) if layer else None}
 
 
-SCENARIOS = {"model_resolution": model_resolution, "reference": reference, "wrong_document": wrong_document, "big_canvas": big_canvas, "window": window, "undo": undo, "inpaint": inpaint, "control": control, "cancel": cancel, "server_down": server_down,
-             "screenshot": screenshot}
+SCENARIOS = {"model_resolution": model_resolution, "reference": reference, "wrong_document": wrong_document, "big_canvas": big_canvas, "window": window, "undo": undo, "inpaint": inpaint, "control": control, "cancel": cancel, "server_down": server_down}
 
 
 def main(args=None):
     with open(os.environ["CTRLGEN_KRITA_TEST_CONFIG"], encoding="utf-8") as handle:
         config = json.load(handle)
     report = {"python": sys.version, "scenarios": {}}
+    faulthandler.enable()  # a crash inside Krita prints the Python stack that led to it
     try:
         from ctrlgen_krita.qt import QT_API
 
         report["qt_api"] = QT_API
     except Exception:
         report["qt_api"] = traceback.format_exc()
+    scenarios = dict(SCENARIOS)
+    for module in ("krita_scenarios_bugs", "krita_scenarios_fix", "krita_scenarios_docker"):  # more scenarios, in their own files
+        try:
+            scenarios.update(__import__(module).SCENARIOS)
+        except Exception:
+            report[module] = traceback.format_exc()
     for name in config["scenarios"]:
         started = time.monotonic()
         try:
-            report["scenarios"][name] = SCENARIOS[name](config)
+            report["scenarios"][name] = scenarios[name](config)
         except Exception:
             report["scenarios"][name] = {"exception": traceback.format_exc()}
         report["scenarios"][name]["seconds"] = round(time.monotonic() - started, 2)

@@ -42,7 +42,8 @@ def test_docker_appears_in_a_krita_window_and_connects_through_the_config_folder
     assert r["dockers"] == 1 and r["title"] == "ctrlgen"
     # No URL or token typed: server.json and the token came from CTRLGEN_CONFIG_DIR.
     assert r["connection"] == "connected", r["message"]
-    assert r["actions"] == {"ctrlgen_generate": True, "ctrlgen_inpaint": True, "ctrlgen_cancel": True}
+    assert r["actions"] == {"ctrlgen_generate": True, "ctrlgen_inpaint": True, "ctrlgen_cancel": True,
+                            "ctrlgen_fix_faces": True, "ctrlgen_fix_hands": True}
     assert r["window_screenshot"]
 
 
@@ -168,26 +169,39 @@ def test_a_big_canvas_does_not_freeze_krita_and_a_missing_model_is_named(krita_r
 
 def test_documents_that_are_not_rgba_8bit_are_refused_with_the_fix(krita_report):
     r = scenario(krita_report, "wrong_document")
-    for name in ("GRAYA/U8", "RGBA/U16"):
+    menu_names = {"GRAYA/U8": "Grayscale/Alpha (8-bit integer/channel)",
+                  "RGBA/U16": "RGB/Alpha (16-bit integer/channel)"}
+    for name, shown in menu_names.items():
         assert r[name]["color"] == name.split("/")
         assert r[name]["key"] is None
-        assert r[name]["message"].startswith(f"This document is {name};")
-        assert "Convert Image Color Space" in r[name]["message"]
+        # Krita's menu names (Image > Convert Image Color Space), not its ids.
+        assert r[name]["message"].startswith(f"This document is {shown};")
+        assert name not in r[name]["message"] and "Convert Image Color Space" in r[name]["message"]
     assert r["queued"] == 0
 
 
-def test_docker_screenshot(krita_report):
+def test_docker_docked_in_a_real_session_and_its_screenshots(krita_report):
     r = scenario(krita_report, "screenshot")
-    assert r["saved"]
+    assert r["docker"] and not r["floating"] and r["connection"] == "connected"
+    # Docked at the size Krita gives it, the main task needs no scrolling.
+    assert all(r["top_visible"].values()), (r["default_size"], r["top_visible"])
+    assert r["minimum_width"] <= 260
+    assert r["narrow"]["width"] <= 262 and all(r["narrow"]["top_visible"].values()), r["narrow"]
+    # Used through its one action button (a selection: it inpaints), the result in the history.
+    assert r["button_text"] == "Inpaint selection" and r["history"] == 1 and r["control_rows"] == 1
+    assert any(name.startswith("[ctrlgen] #2 inpaint") for name in r["layers"])  # #1 found the face
+    assert r["fix_message"].startswith("Found 1 face")
+    assert r["saved"] and r["window_saved"] and r["fix_saved"]
     from PIL import Image
 
-    image = Image.open(r["path"])
-    assert image.width >= 300 and image.height >= 600
-    colours = np.asarray(image.convert("L"))
-    assert colours.std() > 10  # widgets drawn, not a blank grab
+    docker = Image.open(r["path"])
+    assert docker.width >= 200 and docker.height >= 300
+    assert np.asarray(docker.convert("L")).std() > 10  # widgets drawn, not a blank grab
+    window = Image.open(Path(r["path"]).with_name("krita-window.png"))
+    assert window.width >= 1000
     if os.environ.get("CTRLGEN_UPDATE_SCREENSHOTS") == "1":  # how docs/images/krita-*.png are made
-        shutil.copy(r["path"], DOCS_IMAGES / "krita-docker.png")
-        shutil.copy(Path(r["path"]).with_name("krita-window.png"), DOCS_IMAGES / "krita-window.png")
+        for name in ("krita-docker.png", "krita-window.png", "krita-fix.png"):
+            shutil.copy(Path(r["path"]).with_name(name), DOCS_IMAGES / name)
 
 
 def test_small_canvases_are_generated_at_the_models_resolution_and_scaled_back(krita_report):

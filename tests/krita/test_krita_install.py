@@ -128,7 +128,9 @@ def test_cli_installs_a_host_bridge_a_plugin_registers(make_distribution, tmp_pa
 def test_cli_unknown_host_names_the_hosts_there_are(fresh_plugins, capsys):
     assert main(["install", "krtia"]) == 2
     err = capsys.readouterr().err
-    assert "Unknown host bridge 'krtia'" in err and "Did you mean 'krita'" in err and "Available: krita" in err
+    assert "Unknown host bridge 'krtia'" in err and "Did you mean 'krita'" in err
+    available = err.split("Available: ", 1)[1].split(".", 1)[0].split(", ")  # other hosts (gimp, ...) may be there
+    assert "krita" in available
 
 
 def test_default_folders_follow_the_platform(monkeypatch, tmp_path):

@@ -73,10 +73,15 @@ def test_to_bgra_takes_grey_rgb_and_rgba_server_images():
 
 def test_only_rgba_8bit_documents_are_accepted():
     check_color_space("RGBA", "U8")
-    with pytest.raises(DocumentError, match=r"RGBA/U16.*Convert Image Color Space"):
+    # Named as Krita's menus name them (Image > Convert Image Color Space), not RGBA/U16.
+    with pytest.raises(DocumentError, match=r"^This document is RGB/Alpha \(16-bit integer/channel\);.*"
+                                            r"RGB/Alpha \(8-bit integer/channel\).*Convert Image Color Space"):
         check_color_space("RGBA", "U16")
-    with pytest.raises(DocumentError, match="CMYKA/U8"):
+    with pytest.raises(DocumentError, match=r"is CMYK/Alpha \(8-bit integer/channel\)") as caught:
         check_color_space("CMYKA", "U8")
+    assert "CMYKA" not in str(caught.value) and "U8" not in str(caught.value)
+    with pytest.raises(DocumentError, match=r"is Grayscale/Alpha \(32-bit float/channel\)"):
+        check_color_space("GRAYA", "F32")
 
 
 # -- regions -------------------------------------------------------------------------------------
@@ -141,7 +146,7 @@ def test_control_and_reference_layers_become_units_and_adapters():
     lines = ControlLayer("id3", "Lineart", "none", "cn-lines")
     ref = ReferenceLayer("id4", "Style", "ip-adapter_sd15", scale=0.5)
     a, b, c, d = (bytes([i, 0, 0, 255]) * 64 * 64 for i in range(4))  # BGRA: blue = i
-    capture = Capture("txt2img", region, controls=[(on, a), (off, b), (lines, c)], references=[(ref, d)])
+    capture = Capture("txt2img", region, controls=[(on, a), (off, b), (lines, c)], references=[(ref, d, region)])
     job, images = build_job(settings(controls=[on, off, lines], references=[ref]), capture)
     assert job["control"] == [
         {"model": "cn-pose", "preprocessor": "openpose", "weight": 0.7, "guidance_start": 0.1, "guidance_end": 0.8},
@@ -277,7 +282,7 @@ def test_capture_reads_the_active_layer_when_asked_and_whole_canvas_without_sele
 def test_capture_refuses_what_it_cannot_use():
     with pytest.raises(DocumentError, match="Open or create a document"):
         kritadoc.capture(None, settings())
-    with pytest.raises(DocumentError, match="GRAYA/U8"):
+    with pytest.raises(DocumentError, match="Grayscale/Alpha"):
         kritadoc.capture(FakeDocument(64, 64, "GRAYA"), settings())
     with pytest.raises(DocumentError, match="at least 64×64"):
         kritadoc.capture(FakeDocument(48, 300), settings())
@@ -349,9 +354,123 @@ def test_reference_layers_use_an_ip_adapter_or_reference_only():
     face = ReferenceLayer("id2", "Face", "ip-adapter_sd15", scale=0.5)
     pixels = bytes([9, 9, 9, 255]) * 64 * 64
     job, images = build_job(settings(references=[style, face]),
-                            Capture("txt2img", region, references=[(style, pixels), (face, pixels)]))
+                            Capture("txt2img", region, references=[(style, pixels, region), (face, pixels, region)]))
     assert job["adapters"] == [{"type": "reference", "mode": "reference_adain+attn", "weight": 0.7},
                                {"type": "ip_adapter", "model": "ip-adapter_sd15", "scale": 0.5}]
     assert set(images) == {"adapters.0.image", "adapters.1.image"}
     with pytest.raises(DocumentError, match="needs none"):
         build_job(settings(references=[ReferenceLayer("id3", "X", "")]), Capture("txt2img", region))
+
+
+def test_a_reference_is_the_whole_layer_whatever_the_selection():
+    doc = FakeDocument(200, 160)
+    doc.add_layer("Painted", random_bgra(160, 200, 9) | np.array([0, 0, 0, 255], np.uint8))
+    style = np.zeros((160, 200, 4), np.uint8)
+    style[100:150, 120:190] = random_bgra(50, 70, 10) | np.array([0, 0, 0, 255], np.uint8)
+    ref_layer = doc.add_layer("Style", style)
+    doc.active = doc.root.children[0]
+    doc.select(10, 10, 40, 30)  # far from the reference's pixels
+    ref = ReferenceLayer(kritadoc.node_id(ref_layer), "Style", "ip-adapter_sd15")
+    capture = kritadoc.capture(doc, settings(references=[ref], context_px=0))
+    (item, pixels, rect), = capture.references
+    assert rect == Rect(120, 100, 70, 50) and capture.region != rect
+    assert pixels == style[100:150, 120:190].tobytes()  # its pixels, not a transparent patch
+    job, images = build_job(settings(references=[ref]), capture)
+    assert images["adapters.0.image"][1:] == (70, 50, 3)
+    ref_layer.pixels[:] = 0
+    with pytest.raises(DocumentError, match="'Style' is empty"):
+        kritadoc.capture(doc, settings(references=[ref]))
+
+
+def test_hidden_control_and_reference_layers_are_left_out_and_named():
+    doc = FakeDocument(64, 64)
+    doc.add_layer("Painted", random_bgra(64, 64, 1))
+    group = doc.add_group("Guides")
+    pose = doc.createNode("Pose", "paintlayer")
+    pose.pixels[:] = random_bgra(64, 64, 2)
+    group.addChildNode(pose, None)
+    lines = doc.add_layer("Lines", random_bgra(64, 64, 3))
+    style = doc.add_layer("Style", random_bgra(64, 64, 4))
+    marked = dict(controls=[ControlLayer(kritadoc.node_id(pose), "Pose", "openpose", "cn"),
+                            ControlLayer(kritadoc.node_id(lines), "Lines", "none", "cn")],
+                  references=[ReferenceLayer(kritadoc.node_id(style), "Style", "ip")])
+    assert len(kritadoc.capture(doc, settings(**marked)).controls) == 2
+    group.setVisible(False)  # hiding the group hides the pose layer in it
+    style.setVisible(False)
+    capture = kritadoc.capture(doc, settings(**marked))
+    assert [c.layer_name for c, _ in capture.controls] == ["Lines"] and capture.references == []
+    assert capture.skipped == ["Pose", "Style"]
+
+
+def test_results_go_above_the_active_layer_in_its_group_and_it_stays_active():
+    doc = FakeDocument(64, 64)
+    doc.add_layer("Background", random_bgra(64, 64, 1))
+    group = doc.add_group("Figure")
+    inner = doc.createNode("Inked", "paintlayer")
+    group.addChildNode(inner, None)
+    top = doc.createNode("Shading", "paintlayer")
+    group.addChildNode(top, None)
+    doc.add_layer("Notes", random_bgra(64, 64, 2))
+    doc.active = inner
+    capture = kritadoc.capture(doc, settings(strength=0.5))
+    assert capture.above is inner
+    kritadoc.insert_layer(doc, "result", random_bgra(64, 64, 3).tobytes(), capture.region, above=capture.above)
+    assert [n.name() for n in group.children] == ["Inked", "result", "Shading"]
+    assert doc.activeNode() is inner  # the next "Active layer" job reads the same layer
+    assert kritadoc.capture(doc, settings(strength=0.5, place_on_top=True)).above is None
+    kritadoc.insert_layer(doc, "on top", random_bgra(64, 64, 4).tobytes(), capture.region)
+    assert doc.root.children[-1].name() == "on top" and doc.activeNode() is inner
+
+
+def test_a_result_for_a_closed_document_is_dropped_with_a_message():
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.controller import Controller, _Job
+
+    doc = FakeDocument(64, 64)
+    doc.add_layer("Painted", random_bgra(64, 64, 1))
+    controller = Controller(lambda: doc)
+    entry = controller.queue.add("", "txt2img")
+    controller._jobs[entry.key] = _Job(entry.key, doc, Capture("txt2img", Rect(0, 0, 64, 64)))
+    entry.status = "running"
+    doc.close()
+    controller._outbox.put(("result", entry.key, [(bytes(64 * 64 * 4), 1)]))
+    assert controller.poll()
+    assert entry.status == "cancelled" and not controller._jobs and controller.results == []
+    assert controller.message.startswith(f"The document of job #{entry.key} was closed")
+    assert kritadoc.is_open(doc) is False and kritadoc.is_open(None) is False
+
+
+def test_replace_background_repaints_everything_but_the_selection():
+    doc = FakeDocument(96, 80)
+    doc.add_layer("Painted", random_bgra(80, 96, 11) | np.array([0, 0, 0, 255], np.uint8))
+    doc.select(30, 20, 24, 20)
+    fill = kritadoc.capture(doc, settings(feather_px=0, context_px=4))
+    assert fill.region != Rect(0, 0, 96, 80)  # fill: the selection and its context only
+    capture = kritadoc.capture(doc, settings(feather_px=0, selection_mode="replace_background"))
+    assert capture.task == "inpaint" and capture.region == Rect(0, 0, 96, 80)  # the whole canvas
+    mask = np.frombuffer(capture.mask, np.uint8).reshape(80, 96)
+    assert (mask[20:40, 30:54] == 0).all() and mask[0, 0] == 255 and (mask == 255).sum() == 96 * 80 - 24 * 20
+    job, images = build_job(settings(selection_mode="replace_background"), capture)
+    assert job["task"] == "inpaint" and images["mask"][1:] == (96, 80, 1) and "batch_size" not in job
+    assert build_job(settings(batch_size=3), capture)[0]["batch_size"] == 3  # a batch: one job, three results
+
+
+def test_the_users_active_layer_is_given_back_when_the_view_activates_a_result_later():
+    from ctrlgen.host_bridges.krita.ctrlgen_krita.controller import Controller, _Job
+
+    doc = FakeDocument(64, 64)
+    painted = doc.add_layer("Painted", random_bgra(64, 64, 1))
+    controller = Controller(lambda: doc)
+    entry = controller.queue.add("", "txt2img")
+    controller._jobs[entry.key] = _Job(entry.key, doc, Capture("txt2img", Rect(0, 0, 64, 64), above=painted),
+                                       settings=Settings())
+    controller._outbox.put(("result", entry.key, [(bytes(64 * 64 * 4), 1)]))
+    controller.poll()
+    (_, result), = controller.results
+    assert doc.activeNode() is painted
+    doc.active = result  # what Krita's view does on a later event
+    controller.poll()
+    assert doc.activeNode() is painted
+    controller._keep_active = [(d, i, a, 0.0) for d, i, a, _ in controller._keep_active]  # the moment is over
+    doc.active = result  # the user picks the result on purpose: left alone
+    controller.poll()
+    assert doc.activeNode() is result and controller._keep_active == []

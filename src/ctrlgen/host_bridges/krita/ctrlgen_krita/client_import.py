@@ -4,7 +4,16 @@ plugin runs from ctrlgen's source tree, ctrlgen's own module (the same file)."""
 from __future__ import annotations
 
 try:
-    from .client import AuthError, Client, ClientError, Event, JobFailed, RawImage, ServerNotRunning
+    from .client import (
+        AuthError,
+        Client,
+        ClientError,
+        Event,
+        JobFailed,
+        RawImage,
+        ServerNotRunning,
+        config_dir,
+    )
 except ImportError:  # running from the source tree (tests): no copy next to the plugin
     from ctrlgen.host_bridges.client import (  # type: ignore[no-redef]
         AuthError,
@@ -14,6 +23,7 @@ except ImportError:  # running from the source tree (tests): no copy next to the
         JobFailed,
         RawImage,
         ServerNotRunning,
+        config_dir,
     )
 
-__all__ = ["AuthError", "Client", "ClientError", "Event", "JobFailed", "RawImage", "ServerNotRunning"]
+__all__ = ["AuthError", "Client", "ClientError", "Event", "JobFailed", "RawImage", "ServerNotRunning", "config_dir"]

@@ -16,7 +16,8 @@ def _panel(window: Any) -> Any:
 
 
 class CtrlgenExtension(Extension):
-    """Adds Generate, Inpaint and Cancel actions; each uses the window's ctrlgen docker."""
+    """Adds Generate, Inpaint, Cancel, Fix faces and Fix hands actions; each uses the window's ctrlgen
+    docker (Fix shows the detections first, as the docker's buttons do)."""
 
     def setup(self) -> None:
         pass
@@ -26,6 +27,8 @@ class CtrlgenExtension(Extension):
             ("ctrlgen_generate", "ctrlgen: Generate", lambda p: p.on_generate(False)),
             ("ctrlgen_inpaint", "ctrlgen: Inpaint selection", lambda p: p.on_generate(True)),
             ("ctrlgen_cancel", "ctrlgen: Cancel", lambda p: p.controller.cancel()),
+            ("ctrlgen_fix_faces", "ctrlgen: Fix faces", lambda p: p.on_detect("faces")),
+            ("ctrlgen_fix_hands", "ctrlgen: Fix hands", lambda p: p.on_detect("hands")),
         ):
             action = window.createAction(action_id, text, "tools/scripts")
             action.triggered.connect(lambda _checked=False, run=run: self._with_panel(window, run))

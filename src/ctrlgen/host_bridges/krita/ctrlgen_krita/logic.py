@@ -100,12 +100,26 @@ def to_bgra(data: bytes | bytearray | memoryview, channels: int, alpha: bytes | 
     return bytes(out)
 
 
+# Krita's colour-model and depth ids as its menus (Image > Convert Image Color Space) name them.
+COLOR_MODEL_NAMES = {"RGBA": "RGB/Alpha", "GRAYA": "Grayscale/Alpha", "CMYKA": "CMYK/Alpha", "LABA": "L*a*b*/Alpha",
+                     "XYZA": "XYZ/Alpha", "YCbCrA": "YCbCr/Alpha", "A": "Alpha mask"}
+COLOR_DEPTH_NAMES = {"U8": "8-bit integer/channel", "U16": "16-bit integer/channel",
+                     "F16": "16-bit float/channel", "F32": "32-bit float/channel"}
+
+
+def color_space_name(color_model: str, color_depth: str) -> str:
+    """``("GRAYA", "U16")`` -> ``"Grayscale/Alpha (16-bit integer/channel)"``, the words of Krita's menus."""
+    return (f"{COLOR_MODEL_NAMES.get(color_model, color_model)} "
+            f"({COLOR_DEPTH_NAMES.get(color_depth, color_depth)})")
+
+
 def check_color_space(color_model: str, color_depth: str) -> None:
     """Refuse documents the byte conversions above do not describe."""
     if (color_model, color_depth) != ("RGBA", "U8"):
         raise DocumentError(
-            f"This document is {color_model}/{color_depth}; ctrlgen works on RGB/Alpha 8-bit documents. "
-            "Convert it with Image > Convert Image Color Space… (RGB/Alpha, 8-bit integer/channel) or work on a copy."
+            f"This document is {color_space_name(color_model, color_depth)}; ctrlgen works on "
+            f"{color_space_name('RGBA', 'U8')} documents. Convert it with Image > Convert Image Color Space… "
+            "or work on a copy."
         )
 
 
@@ -222,8 +236,20 @@ class Settings:
     scale_to_model: bool = True
     # Ask the server for small previews of the running job (shown in the docker).
     live_preview: bool = True
+    # Results go above the active layer, inside its group; on: on top of the whole stack.
+    place_on_top: bool = False
+    # Off: each result becomes a layer at once (and is listed in the history); on: results only
+    # go to the history, to be previewed and applied from there.
+    keep_in_history: bool = False
+    batch_size: int = 1
+    selection_mode: str = "fill"  # one of SELECTION_MODES
     controls: list[ControlLayer] = field(default_factory=list)
     references: list[ReferenceLayer] = field(default_factory=list)
+
+
+# What a selection means (Krita AI Diffusion's names). "fill": repaint inside it (Strength below
+# 100 % refines what is there); "replace_background": repaint everything outside it.
+SELECTION_MODES = {"fill": "Fill selection", "replace_background": "Replace background"}
 
 
 def choose_task(has_selection: bool, strength: float) -> str:
@@ -243,7 +269,11 @@ class Capture:
     image: bytes | None = None  # the input (visible image or active layer), BGRA
     mask: bytes | None = None  # the grown, feathered selection, one byte per pixel (255 = repaint)
     controls: list[tuple[ControlLayer, bytes]] = field(default_factory=list)  # BGRA of each control layer
-    references: list[tuple[ReferenceLayer, bytes]] = field(default_factory=list)  # BGRA of each reference
+    # BGRA of each reference and the part of the canvas it covers: the whole layer, not the region.
+    references: list[tuple[ReferenceLayer, bytes, Rect]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # hidden control/reference layers, left out
+    # The layer results go above (the active layer when the job was made); None: top of the stack.
+    above: Any = None
 
 
 def check_settings(settings: Settings) -> None:
@@ -309,6 +339,8 @@ def build_job(settings: Settings, capture: Capture, architecture: str = "") -> t
         "width": width,
         "height": height,
     }
+    if settings.batch_size > 1:
+        job["batch_size"] = int(settings.batch_size)
     images: dict[str, Any] = {}
     if capture.task in ("img2img", "inpaint"):
         if capture.image is None:
@@ -335,11 +367,11 @@ def build_job(settings: Settings, capture: Capture, architecture: str = "") -> t
     if units:
         job["control"] = units
     adapters = []
-    for reference, pixels in capture.references:
+    for reference, pixels, rect in capture.references:
         if not reference.enabled:
             continue
         data, channels = layer_pixels_for_server(pixels)
-        images[f"adapters.{len(adapters)}.image"] = (data, *size, channels)
+        images[f"adapters.{len(adapters)}.image"] = (data, rect.width, rect.height, channels)
         if reference.model == REFERENCE_ONLY:
             adapters.append({"type": "reference", "mode": "reference_adain+attn", "weight": float(reference.scale)})
         else:

@@ -54,6 +54,12 @@ QGridLayout = QtWidgets.QGridLayout
 QScrollArea = QtWidgets.QScrollArea
 QFrame = QtWidgets.QFrame
 QApplication = QtWidgets.QApplication
+QDialog = QtWidgets.QDialog
+QDialogButtonBox = QtWidgets.QDialogButtonBox
+QStackedWidget = QtWidgets.QStackedWidget
+QSizePolicy = QtWidgets.QSizePolicy
+QListView = QtWidgets.QListView
+QFileDialog = QtWidgets.QFileDialog
 
 if QT_API == "PyQt6":
     from PyQt6.QtGui import QAction  # QAction moved to QtGui in Qt 6
@@ -64,5 +70,6 @@ __all__ = [
     "QT_API", "QtCore", "QtGui", "QtWidgets", "Qt", "QTimer", "pyqtSignal", "QAction", "QWidget", "QLabel",
     "QLineEdit", "QPlainTextEdit", "QPushButton", "QToolButton", "QComboBox", "QSpinBox", "QDoubleSpinBox",
     "QCheckBox", "QProgressBar", "QListWidget", "QListWidgetItem", "QGroupBox", "QVBoxLayout", "QHBoxLayout",
-    "QFormLayout", "QGridLayout", "QScrollArea", "QFrame", "QApplication",
+    "QFormLayout", "QGridLayout", "QScrollArea", "QFrame", "QApplication", "QDialog", "QDialogButtonBox",
+    "QStackedWidget", "QSizePolicy", "QListView", "QFileDialog",
 ]
