@@ -89,7 +89,9 @@ def test_run_inpaint_matches_the_engine_in_process(live_server, client, canvas, 
     assert [e.kind for e in events] == ["queued", "started", "progress", "progress", "progress", "finished"]
     assert [e.data["step"] for e in events if e.kind == "progress"] == [1, 2, 3]
     # RGBA in (as Krita sends its layers), RGBA out.
-    assert events[-1].data["results"] == [{"index": 0, "width": 64, "height": 64, "channels": 4, "seed": 11}]
+    finished = events[-1].data["results"]
+    assert [{key: item[key] for key in ("index", "width", "height", "channels", "seed")} for item in finished] == [
+        {"index": 0, "width": 64, "height": 64, "channels": 4, "seed": 11}]
     assert len(results) == 1
     served = results[0]
     assert (served.width, served.height, served.channels) == (64, 64, 4)
@@ -105,6 +107,8 @@ def test_run_inpaint_matches_the_engine_in_process(live_server, client, canvas, 
     local = engine.run(parse_job({**job, "image": "canvas", "mask": "mask"}), images=lambda ref, what: arrays[ref])
     expected = np.asarray(local.images[0])
     assert np.array_equal(array_of(served), expected)
+    # The region the engine says may have changed is reported as it is (docs/protocol.md#regions).
+    assert finished[0]["changed_box"] == list(local.changed_box) and finished[0]["offset"] == [0, 0]
     # Inpainting keeps every pixel outside the (feathered) mask: the corners are the canvas's.
     assert np.array_equal(array_of(served)[:4, :4], array_of(canvas)[:4, :4])
     assert not np.array_equal(array_of(served), array_of(canvas))

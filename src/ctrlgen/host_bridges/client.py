@@ -13,8 +13,11 @@ imports nothing outside the standard library. It speaks protocol v1 (``docs/prot
                          on_event=lambda event: print(event.kind, event.data))
     results[0].data                      # RGB bytes, row-major, width * height * 3
 
-Images travel raw (``bytes`` of ``uint8``, no encoding) and are content addressed: an upload
-is hashed, the server asked whether it has it (``HEAD``), and only sent when it does not.
+Images travel raw (``bytes`` of ``uint8``, no encoding) and are content addressed: an image
+is hashed and only sent when the server does not have it. ``run()`` and ``preprocess()`` send
+the images the server does not have together with the request, in one request (a bundle);
+``upload()`` asks the server first (``HEAD``). A server without bundles gets uploads then the
+request, as before.
 Each thread keeps one persistent HTTP/1.1 connection; event streams get their own and resume
 after a dropped connection with ``Last-Event-ID``, so no event is lost or repeated.
 """
@@ -40,6 +43,8 @@ from typing import Any
 PROTOCOL_VERSION = 1
 DEFAULT_URL = "http://127.0.0.1:7421"
 RAW_CONTENT_TYPE = "application/vnd.ctrlgen.raw"
+BUNDLE_CONTENT_TYPE = "application/vnd.ctrlgen.bundle"
+_HASH_IN_PARALLEL_FROM = 4 * 2**20  # bytes: from here several images are hashed on threads
 TERMINAL_EVENTS = ("finished", "error", "cancelled")
 
 # Failures that mean "the connection is gone", after which a request may be sent again on a
@@ -303,6 +308,7 @@ class Client:
         self._streams: set[http.client.HTTPConnection] = set()
         self._known: set[str] = set()  # image hashes the server is known to hold
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # for upload_many
+        self._bundles: bool | None = None  # whether the server takes bundles (None: not known yet)
 
     @classmethod
     def discover(cls, config_folder: Path | str | None = None, *, token: str | None = None,
@@ -457,19 +463,7 @@ class Client:
 
         ``image``: a RawImage, the bytes of a PNG/WebP file, or the path of one. Nothing is
         sent when the server already has these bytes (asked with HEAD, remembered here)."""
-        if isinstance(image, RawImage):
-            body: Any = image.data
-            headers = {"Content-Type": RAW_CONTENT_TYPE, "X-Ctrlgen-Width": str(image.width),
-                       "X-Ctrlgen-Height": str(image.height), "X-Ctrlgen-Channels": str(image.channels)}
-        elif isinstance(image, (os.PathLike, Path)):
-            body = Path(image).read_bytes()
-            headers = {"Content-Type": _detect_encoded(body)}
-        elif isinstance(image, (bytes, bytearray, memoryview)):
-            body = image
-            headers = {"Content-Type": _detect_encoded(body)}
-        else:
-            raise TypeError(f"upload() takes a RawImage, PNG/WebP bytes or a path, not {type(image).__name__}")
-        view = memoryview(body).cast("B")
+        view, headers = _image_body(image)
         digest = hashlib.sha256(view).hexdigest()
         ref = f"sha256:{digest}"
         if digest in self._known:
@@ -484,12 +478,7 @@ class Client:
         """upload() each image, at the same time (hashing one while another travels)."""
         if len(images) < 2:
             return [self.upload(image) for image in images]
-        with self._lock:
-            if self._pool is None:
-                # Few, long-lived threads: each keeps its own connection open for the next call.
-                self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="ctrlgen-upload")
-            pool = self._pool
-        return list(pool.map(self.upload, images))
+        return list(self._upload_pool().map(self.upload, images))
 
     def forget_uploads(self) -> None:
         """Forget which images the server holds (it may evict old uploads); next uploads ask again."""
@@ -597,10 +586,27 @@ class Client:
             raise JobFailed(str(final.data.get("code", "internal_error")), str(final.data.get("message", "")), job_id)
         return final
 
-    def result(self, job_id: str, index: int = 0, format: str = "raw") -> RawImage | bytes:
-        """A finished job's image ``index``: a RawImage (RGB) for ``raw``, else PNG/WebP bytes."""
-        _, headers, data = self.request("GET", f"/v1/jobs/{_quote(job_id)}/results/{int(index)}?format={format}")
-        return _raw_from_response(data, headers) if format == "raw" else data
+    def result(self, job_id: str, index: int = 0, format: str = "raw", *, changed_only: bool = False,
+               box: tuple[int, int, int, int] | None = None) -> Any:
+        """A finished job's image ``index``: a RawImage (RGB) for ``raw``, else PNG/WebP bytes.
+
+        With ``changed_only`` (only the pixels the job may have changed: its result's
+        ``changed_box``) or ``box=(x0, y0, x1, y1)`` (any crop, x1/y1 exclusive), the answer is
+        ``(image, box)``: the crop and where it lies in the result (the result itself lies at its
+        ``offset`` in the canvas, see ``job()``). A server without crops answers the whole image,
+        and its box then covers it."""
+        path = f"/v1/jobs/{_quote(job_id)}/results/{int(index)}?format={format}"
+        if changed_only and box is not None:
+            raise ValueError("pass changed_only=True or box=..., not both")
+        if changed_only:
+            path += "&changed=1"
+        elif box is not None:
+            path += "&box=" + ",".join(str(int(value)) for value in box)
+        _, headers, data = self.request("GET", path)
+        image = _raw_from_response(data, headers) if format == "raw" else data
+        if not changed_only and box is None:
+            return image
+        return image, _box_from_response(headers, image)
 
     def preprocess(self, name: str, image: str | RawImage | bytes | Path, params: Mapping[str, Any] | None = None,
                    mask: str | RawImage | bytes | Path | None = None,
@@ -608,10 +614,24 @@ class Client:
         """Run one preprocessor on the server: ``(control map, its data or None)``.
 
         ``image``/``mask`` are references or anything upload() takes."""
-        payload = {"preprocessor": name, "image": self._ref(image), "mask": self._ref(mask) if mask else None,
+        payload = {"preprocessor": name, "image": image, "mask": mask if mask else None,
                    "params": dict(params or {}), "format": format}
-        _, headers, data = self.request("POST", "/v1/preprocess", json.dumps(payload).encode("utf-8"),
-                                        {"Content-Type": "application/json"})
+        for key in ("image", "mask"):
+            if isinstance(payload[key], str):
+                payload[key] = self._ref(payload[key])  # checked: a reference, not a file name
+        try:
+            answer = self._send_bundle("/v1/preprocess", payload)
+        except ClientError as exc:
+            if exc.status != 422 or not self._known or "sha256:" not in exc.message:
+                raise
+            self.forget_uploads()
+            answer = self._send_bundle("/v1/preprocess", payload)
+        if answer is not None:
+            headers, data = answer
+        else:
+            payload = {**payload, "image": self._ref(image), "mask": self._ref(mask) if mask else None}
+            _, headers, data = self.request("POST", "/v1/preprocess", json.dumps(payload).encode("utf-8"),
+                                            {"Content-Type": "application/json"})
         extra = headers.get("X-Ctrlgen-Data")
         info = json.loads(extra) if extra else None
         return (_raw_from_response(data, headers) if format == "raw" else data), info
@@ -633,20 +653,24 @@ class Client:
         lists such as ``"control.0.image"`` and ``"adapters.1.image"``. Values are RawImage,
         PNG/WebP bytes, paths or ``"sha256:..."`` references; RawImage/bytes/Path values placed
         directly in ``job`` are uploaded too. A job error raises JobFailed."""
-        def prepared() -> dict[str, Any]:
-            filled = _deep_copy(job)
-            for key, value in (images or {}).items():
-                _set_path(filled, key, value)
-            return self._upload_values(filled)
+        filled = _deep_copy(job)
+        for key, value in (images or {}).items():
+            _set_path(filled, key, value)
+
+        def send() -> str:
+            answer = self._send_bundle("/v1/jobs", {"job": filled, "preview": bool(preview)})
+            if answer is not None:
+                return json.loads(answer[1])["id"]
+            return self.submit(self._upload_values(filled), preview=preview)
 
         try:
-            job_id = self.submit(prepared(), preview=preview)
+            job_id = send()
         except ClientError as exc:
             # The server may have evicted an upload this client remembered: send them again.
             if exc.status != 422 or not self._known or "sha256:" not in exc.message:
                 raise
             self.forget_uploads()
-            job_id = self.submit(prepared(), preview=preview)
+            job_id = send()
         final = self.wait(job_id, on_event, raise_on_error=True)
         if final.kind == "cancelled":
             raise JobFailed("cancelled", f"job {job_id} was cancelled", job_id)
@@ -656,33 +680,133 @@ class Client:
     def _upload_values(self, job: dict[str, Any]) -> dict[str, Any]:
         """The job with every RawImage/bytes/Path value replaced by its upload reference."""
         found: list[Any] = []
+        _collect_images(job, found)
+        return _replace_images(job, iter(self.upload_many(found)))
 
-        def collect(value: Any) -> None:
-            if isinstance(value, (RawImage, bytes, bytearray, memoryview, Path)):
-                found.append(value)
-            elif isinstance(value, dict):
-                for item in value.values():
-                    collect(item)
-            elif isinstance(value, list):
-                for item in value:
-                    collect(item)
+    # -- bundles: a request with the images it needs ---------------------------------------------
+    def _hash_images(self, images: list[Any]) -> list[tuple[str, memoryview, dict[str, str]]]:
+        """(reference, bytes, upload headers) of each image; big ones hashed side by side."""
+        bodies = [_image_body(image) for image in images]
+        views = [view for view, _ in bodies]
+        if len(views) > 1 and sum(view.nbytes for view in views) >= _HASH_IN_PARALLEL_FROM:
+            digests = list(self._upload_pool().map(lambda view: hashlib.sha256(view).hexdigest(), views))
+        else:
+            digests = [hashlib.sha256(view).hexdigest() for view in views]
+        return [(f"sha256:{digest}", view, headers) for digest, (view, headers) in zip(digests, bodies, strict=True)]
 
-        collect(job)
-        refs = iter(self.upload_many(found))
+    def _send_bundle(self, path: str, request: dict[str, Any],
+                     carry: list[Any] = ()) -> tuple[http.client.HTTPMessage, bytes] | None:
+        """POST ``request`` (its image values replaced by references) to ``path`` + ``/bundle``
+        with the images the server is not known to hold (and ``carry``: images for later
+        requests); None when the server has no bundles."""
+        if self._bundles is False:
+            return None
+        found: list[Any] = []
+        _collect_images(request, found)
+        if not found and not carry:
+            return None  # nothing to carry: the plain request does
+        hashed = self._hash_images(found + list(carry))
+        filled = _replace_images(request, iter(ref for ref, _, _ in hashed[:len(found)]))
+        entries, bodies, sent = [], [], set()
+        for ref, view, headers in hashed:
+            if ref[7:] in self._known or ref in sent:
+                continue
+            sent.add(ref)
+            entries.append(_bundle_entry(ref, view, headers))
+            bodies.append(view)
+        header = json.dumps({"request": filled, "images": entries}, separators=(",", ":")).encode("utf-8")
+        parts = [len(header).to_bytes(4, "little") + header, *bodies]
+        length = sum(memoryview(part).nbytes for part in parts)
+        try:
+            _, headers, data = self.request("POST", path + "/bundle", parts, {
+                "Content-Type": BUNDLE_CONTENT_TYPE, "Content-Length": str(length)}, ok=(200, 201, 202))
+        except ClientError as exc:
+            if exc.status in (404, 405) and self._bundles is None:  # a server from before bundles
+                self._bundles = False
+                return None
+            raise
+        self._bundles = True
+        self._known.update(ref[7:] for ref in sent)
+        return headers, data
 
-        def replace(value: Any) -> Any:
-            if isinstance(value, (RawImage, bytes, bytearray, memoryview, Path)):
-                return next(refs)
-            if isinstance(value, dict):
-                return {key: replace(item) for key, item in value.items()}
-            if isinstance(value, list):
-                return [replace(item) for item in value]
-            return value
-
-        return replace(job)
+    def _upload_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                # Few, long-lived threads: each keeps its own connection open for the next call.
+                self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="ctrlgen-upload")
+            return self._pool
 
 
 # -- helpers ----------------------------------------------------------------------------------
+_IMAGE_VALUES = (RawImage, bytes, bytearray, memoryview, Path)
+
+
+def _image_body(image: Any) -> tuple[memoryview, dict[str, str]]:
+    """An image's bytes (as sent) and its upload headers."""
+    if isinstance(image, RawImage):
+        body: Any = image.data
+        headers = {"Content-Type": RAW_CONTENT_TYPE, "X-Ctrlgen-Width": str(image.width),
+                   "X-Ctrlgen-Height": str(image.height), "X-Ctrlgen-Channels": str(image.channels)}
+    elif isinstance(image, (os.PathLike, Path)):
+        body = Path(image).read_bytes()
+        headers = {"Content-Type": _detect_encoded(body)}
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        body = image
+        headers = {"Content-Type": _detect_encoded(body)}
+    else:
+        raise TypeError(f"upload() takes a RawImage, PNG/WebP bytes or a path, not {type(image).__name__}")
+    return memoryview(body).cast("B"), headers
+
+
+def _bundle_entry(ref: str, view: memoryview, headers: Mapping[str, str]) -> dict[str, Any]:
+    """An image's entry in a bundle's header (docs/protocol.md#bundles)."""
+    content_type = headers["Content-Type"]
+    if content_type == RAW_CONTENT_TYPE:
+        return {"id": ref, "format": "raw", "width": int(headers["X-Ctrlgen-Width"]),
+                "height": int(headers["X-Ctrlgen-Height"]), "channels": int(headers["X-Ctrlgen-Channels"]),
+                "length": view.nbytes}
+    return {"id": ref, "format": content_type.split("/", 1)[1], "length": view.nbytes}
+
+
+def _collect_images(value: Any, found: list[Any]) -> None:
+    if isinstance(value, _IMAGE_VALUES):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_images(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_images(item, found)
+
+
+def _replace_images(value: Any, refs: Iterator[str]) -> Any:
+    if isinstance(value, _IMAGE_VALUES):
+        return next(refs)
+    if isinstance(value, dict):
+        return {key: _replace_images(item, refs) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_replace_images(item, refs) for item in value]
+    return value
+
+
+def _box_from_response(headers: http.client.HTTPMessage, image: Any) -> tuple[int, int, int, int] | None:
+    """A crop's box from ``X-Ctrlgen-Box``; without it (an older server sent the whole image) the
+    image's own frame, when its size is known (raw, PNG)."""
+    text = headers.get("X-Ctrlgen-Box")
+    if text:
+        try:
+            x0, y0, x1, y1 = (int(part) for part in text.split(","))
+            return x0, y0, x1, y1
+        except ValueError:
+            raise ClientError(0, "bad_response", f"X-Ctrlgen-Box {text!r} is not x0,y0,x1,y1") from None
+    if isinstance(image, RawImage):
+        return 0, 0, image.width, image.height
+    head = bytes(memoryview(image)[:24])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return 0, 0, int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
+
+
 def _quote(value: str) -> str:
     return urllib.parse.quote(str(value), safe="")
 

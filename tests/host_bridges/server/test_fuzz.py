@@ -32,6 +32,8 @@ def test_fuzz_every_operation(server_factory):
     conformance = [status_code_conformance, content_type_conformance, response_headers_conformance,
                    response_schema_conformance]
 
+    # A bundle is bytes like any binary body (arbitrary ones: the server must refuse them cleanly).
+    schemathesis.serializer.alias("application/vnd.ctrlgen.bundle", "application/octet-stream")
     server = server_factory("--max-queue", "5", "--max-upload-bytes", "1M", "--max-side", "512")
     status, _, document = server.request("GET", "/openapi.json")
     assert status == 200
@@ -39,7 +41,8 @@ def test_fuzz_every_operation(server_factory):
     operations = [result.ok() for result in schema.get_all_operations()]
     routes = {f"{op.method.upper()} {op.path}" for op in operations}
     assert {"GET /v1/health", "PUT /v1/images/{sha256}", "POST /v1/jobs", "GET /v1/jobs/{job_id}/events",
-            "GET /v1/jobs/{job_id}/results/{index}", "POST /v1/preprocess"} <= routes
+            "GET /v1/jobs/{job_id}/results/{index}", "POST /v1/preprocess", "POST /v1/jobs/bundle",
+            "POST /v1/preprocess/bundle"} <= routes
     auth = {"Authorization": f"Bearer {server.token}"}
     deadline = time.monotonic() + TIME_LIMIT_S
     failures: list[str] = []

@@ -31,8 +31,10 @@ ANSWERS = {
     "GET /v1/capabilities": {"200"},
     "HEAD /v1/images/{sha256}": {"200", "404", "422"},
     "PUT /v1/images/{sha256}": {"200", "201", "413", "422"},
-    "POST /v1/preprocess": {"200", "404", "422"},
-    "POST /v1/jobs": {"200", "202", "422", "429"},
+    "POST /v1/preprocess": {"200", "404", "422", "503"},
+    "POST /v1/preprocess/bundle": {"200", "404", "411", "413", "422", "503"},
+    "POST /v1/jobs": {"200", "202", "422", "429", "503"},
+    "POST /v1/jobs/bundle": {"200", "202", "411", "413", "422", "429", "503"},
     "GET /v1/jobs": {"200"},
     "GET /v1/jobs/{job_id}": {"200", "404", "410"},
     "POST /v1/jobs/{job_id}/cancel": {"200", "404", "410"},
@@ -45,6 +47,7 @@ project_name_override: ctrlgen_api
 package_name_override: ctrlgen_api
 content_type_overrides:
   application/vnd.ctrlgen.raw: application/octet-stream
+  application/vnd.ctrlgen.bundle: application/octet-stream
 """
 
 
@@ -103,6 +106,13 @@ def test_headers_and_binary_bodies_are_declared(document):
         assert answer["content"] == {RAW: binary, "image/png": binary, "image/webp": binary}
         assert {"X-Ctrlgen-Width", "X-Ctrlgen-Height", "X-Ctrlgen-Channels"} <= set(answer["headers"])
     assert "X-Ctrlgen-Data" in paths["/v1/preprocess"]["post"]["responses"]["200"]["headers"]
+    assert "X-Ctrlgen-Box" in paths["/v1/jobs/{job_id}/results/{index}"]["get"]["responses"]["200"]["headers"]
+    assert {p["name"] for p in paths["/v1/jobs/{job_id}/results/{index}"]["get"]["parameters"]} == {
+        "job_id", "index", "format", "box", "changed"}
+    for path in ("/v1/jobs/bundle", "/v1/preprocess/bundle"):
+        body = paths[path]["post"]["requestBody"]
+        assert body["content"] == {"application/vnd.ctrlgen.bundle": binary} and "docs/protocol.md" in body[
+            "description"]
     submit = paths["/v1/jobs"]["post"]
     assert submit["responses"]["429"]["headers"]["Retry-After"]["required"] is True
     assert [p["name"] for p in submit["parameters"]] == ["Idempotency-Key"]
@@ -146,6 +156,10 @@ def test_answers_and_events_are_typed(document):
     assert answer_ref("/v1/health", "get").endswith("/Health")
     assert answer_ref("/v1/capabilities", "get").endswith("/Capabilities")
     assert answer_ref("/v1/jobs", "post", "202").endswith("/SubmitAnswer")
+    assert answer_ref("/v1/jobs/bundle", "post", "202").endswith("/SubmitAnswer")
+    assert set(schemas["Health"]["properties"]) >= {"state", "preload", "warmup_error", "warmup_s"}
+    assert schemas["Capabilities"]["properties"]["state"]["enum"] == ["warming", "ready"]
+    assert {"changed_box", "offset", "canvas_size"} <= set(schemas["ResultInfo"]["properties"])
     assert answer_ref("/v1/jobs", "get").endswith("/JobList")
     assert answer_ref("/v1/jobs/{job_id}", "get").endswith("/JobDetail")
     assert answer_ref("/v1/jobs/{job_id}/cancel", "post").endswith("/CancelAnswer")
@@ -189,13 +203,14 @@ def api(document, tmp_path_factory):
 
 def test_a_generated_client_runs_a_job(api, live_server, document):
     from ctrlgen_api.api.images import image_known, put_image
-    from ctrlgen_api.api.jobs import get_job, get_result, job_events, submit_job
+    from ctrlgen_api.api.jobs import get_job, get_result, job_events, submit_job, submit_job_bundle
     from ctrlgen_api.api.server import capabilities, health
     from ctrlgen_api.models import ControlUnit, GetResultFormat, Job, JobDetailStatus, SubmitRequest
     from ctrlgen_api.types import File
 
     client = api.AuthenticatedClient(base_url=live_server.url, token=live_server.token, timeout=120)
     assert health.sync(client=client).status == "ok"
+    assert health.sync(client=client).state in ("warming", "ready")
     caps = capabilities.sync(client=client)
     model = next(m.name for m in caps.models if m.kind == "checkpoint")
     controlnet = next(m.name for m in caps.models if m.kind == "controlnet")
@@ -234,8 +249,20 @@ def test_a_generated_client_runs_a_job(api, live_server, document):
     assert len(raw.parsed.payload.read()) == 64 * 64 * 3
     png = get_result.sync_detailed(job_id, 0, client=client, format_=GetResultFormat.PNG)
     assert png.content.startswith(b"\x89PNG")
+    crop = get_result.sync_detailed(job_id, 0, client=client, box="0,0,32,16")
+    assert crop.headers["x-ctrlgen-box"] == "0,0,32,16" and len(crop.parsed.payload.read()) == 32 * 16 * 3
 
-    # 4. Its events, each payload read with the model the document names for its kind.
+    # 4. The same job again as a bundle: the request and a new image in one body.
+    other = np.ascontiguousarray(pixels[::-1])
+    other_ref = "sha256:" + hashlib.sha256(other.tobytes()).hexdigest()
+    header = json.dumps({"request": {"job": {**job.to_dict(), "image": other_ref}}, "images": [
+        {"id": other_ref, "format": "raw", "width": 64, "height": 64, "channels": 3, "length": other.nbytes}]}).encode()
+    bundled = submit_job_bundle.sync_detailed(client=client, body=File(payload=io.BytesIO(
+        len(header).to_bytes(4, "little") + header + other.tobytes())))
+    assert bundled.status_code == 202, bundled.content
+    assert image_known.sync_detailed(other_ref[7:], client=client).status_code == 200
+
+    # 5. Its events, each payload read with the model the document names for its kind.
     stream = job_events.sync(job_id, client=client)
     kinds = document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"][
         "text/event-stream"]["x-ctrlgen-events"]

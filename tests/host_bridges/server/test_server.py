@@ -444,7 +444,8 @@ def test_queue_full_gives_429_and_ended_jobs_expire(server_factory):
     server = server_factory("--max-queue", "1", "--result-ttl", "0")
     long_job = small_job(server, steps=150, width=128, height=128)
     running = server.submit(long_job)
-    for _ in range(200):  # the worker takes it at once; then one more may wait
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the worker takes it once warmed up; then one more may wait
         if server.json("GET", "/v1/health")[1]["queue"]["running"] == running:
             break
         time.sleep(0.01)

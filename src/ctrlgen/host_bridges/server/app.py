@@ -1,21 +1,18 @@
 """``ctrlgen serve``: the HTTP bridge host apps talk to (protocol v1, docs/protocol.md).
 
 FastAPI on uvicorn. Routes live under ``/v1/``; events are Server-Sent Events. Image bodies
-are read straight into one buffer (hashed while they arrive) and raw pixels are used where
-they landed; raw results go out as the image's bytes. One worker thread runs the jobs
-(:mod:`.jobs`); uploads are held in memory, bounded (:mod:`.uploads`); the
-token, Host and Origin checks wrap every route (:mod:`.security`).
+are read straight into their buffers (hashed while they arrive, :mod:`.bodies`) and raw pixels
+are used where they landed; raw results go out as the image's bytes (or a crop of them). One
+worker thread runs the jobs (:mod:`.jobs`); uploads are held in memory within a byte budget
+(:mod:`.uploads`); warm-up and shutdown are :mod:`.runtime`'s; the token, Host and Origin checks
+wrap every route (:mod:`.security`). Running the server is :mod:`.serving`.
 """
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import os
-import socket
 import sqlite3
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,15 +29,9 @@ from starlette.requests import ClientDisconnect
 from ctrlgen._version import __version__
 from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError
 from ctrlgen.host_bridges.server.files import FileStore, OutputWriter, private_folder
-from ctrlgen.host_bridges.server.images import (
-    RAW_TYPE,
-    ApiError,
-    decode_encoded,
-    image_response,
-    raw_shape,
-    read_body,
-)
-from ctrlgen.host_bridges.server.jobs import TERMINAL, JobQueue, JobRecord, new_job_id
+from ctrlgen.host_bridges.server.image_routes import BUNDLE_ERRORS, add_image_routes, bundle_body
+from ctrlgen.host_bridges.server.images import RAW_TYPE, ApiError, image_response, validation_message
+from ctrlgen.host_bridges.server.jobs import TERMINAL, JobQueue, JobRecord, ServerStopping, new_job_id
 from ctrlgen.host_bridges.server.journal import Journal
 from ctrlgen.host_bridges.server.models import (
     CancelAnswer,
@@ -51,7 +42,6 @@ from ctrlgen.host_bridges.server.models import (
     PreprocessRequest,
     SubmitAnswer,
     SubmitRequest,
-    UploadAnswer,
 )
 from ctrlgen.host_bridges.server.openapi import (
     RAW_IMAGE_HEADERS,
@@ -60,8 +50,9 @@ from ctrlgen.host_bridges.server.openapi import (
     errors,
     event_stream_content,
 )
-from ctrlgen.host_bridges.server.security import Guard, load_or_create_token
-from ctrlgen.host_bridges.server.uploads import REF_PREFIX, StoreFull, Upload, UploadStore, is_ref
+from ctrlgen.host_bridges.server.runtime import Runtime, Warmup
+from ctrlgen.host_bridges.server.security import Guard
+from ctrlgen.host_bridges.server.uploads import REF_PREFIX, UploadStore, is_ref
 
 log = logging.getLogger("ctrlgen.server")
 
@@ -83,7 +74,9 @@ class ServerConfig:
     max_upload_bytes: int = 256 * 2**20
     max_pixels: int = 8192 * 8192
     max_side: int = 8192
-    max_upload_memory: int = 2 * 2**30
+    max_upload_memory: int = 2 * 2**30  # memory for uploads and results (``--max-memory``)
+    preload: str | None = None  # a model loaded while warming up
+    warmup: bool = True  # import torch/diffusers (and load ``preload``) right after start
     keepalive_s: float = 15.0
     config_dir: Path | None = None
     state_dir: Path | None = None  # journal, uploads, results (default: CONFIG/server)
@@ -101,17 +94,6 @@ def _error_response(status: int, code: str, message: str, headers: dict[str, str
 
 _STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "invalid_request",
                  409: "conflict", 413: "too_large", 422: "invalid_request", 429: "queue_full"}
-
-
-def _validation_message(errors: list[dict]) -> str:
-    lines = []
-    for item in errors:
-        if item.get("type") == "json_invalid":
-            problem = (item.get("ctx") or {}).get("error", "JSON decode error")
-            return f"the body is not valid JSON ({problem} at character {item['loc'][-1]}); send a JSON object"
-        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "request"
-        lines.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(lines)
 
 
 def _image_fields(job) -> list[tuple[str, str]]:
@@ -158,10 +140,11 @@ def create_app(config: ServerConfig, token: str):
     if restored["queued"] or restored["rerun"] or restored["interrupted"]:
         log.warning("restored from the journal in %s: %d queued job(s), %d running job(s) to run again, "
                     "%d interrupted", state, restored["queued"], restored["rerun"], restored["interrupted"])
+    runtime = Runtime(queue, uploads, outputs, journal, lock, Warmup(queue, config.preload, config.warmup))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        queue.start(asyncio.get_running_loop())
+        runtime.start(asyncio.get_running_loop())
 
         async def purge_regularly():
             while True:
@@ -174,8 +157,8 @@ def create_app(config: ServerConfig, token: str):
             yield
         finally:
             purger.cancel()
-            queue.stop()
-            await run_in_threadpool(_close_state, queue, uploads, outputs, journal)
+            runtime.begin_stop()
+            await run_in_threadpool(runtime.close)
 
     app = FastAPI(title="ctrlgen bridge", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json",
@@ -185,7 +168,12 @@ def create_app(config: ServerConfig, token: str):
     app.state.queue = queue
     app.state.uploads = uploads
     app.state.lock = lock  # held as long as the app lives
+    app.state.runtime = runtime
     app.state.config = config
+
+    @app.exception_handler(ServerStopping)
+    async def stopping(request, exc: ServerStopping):
+        return _error_response(503, "server_stopping", str(exc), {"Retry-After": "5"})
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -203,7 +191,7 @@ def create_app(config: ServerConfig, token: str):
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc: RequestValidationError):
-        return _error_response(422, "invalid_request", _validation_message(exc.errors()))
+        return _error_response(422, "invalid_request", validation_message(exc.errors()))
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request, exc: ClientDisconnect):
@@ -247,7 +235,7 @@ def create_app(config: ServerConfig, token: str):
     @app.get("/v1/health", operation_id="health", tags=["server"], response_model=Health)
     async def health() -> dict[str, Any]:
         """Server status and queue length."""
-        return {"status": "ok", "version": __version__,
+        return {"status": "ok", "version": __version__, **runtime.warmup.describe(),
                 "queue": {"running": queue.running_id, "queued": queue.queued_count()},
                 "uploads": {"in_memory_bytes": uploads.used_bytes, "memory_limit_bytes": uploads.max_bytes}}
 
@@ -268,6 +256,7 @@ def create_app(config: ServerConfig, token: str):
                            "variant": identity.get("variant"), "size_bytes": entry.size_bytes})
         return {
             "version": __version__,
+            **runtime.warmup.describe(),
             "preprocessors": [{"name": s.name, "description": s.description, "category": s.family,
                                "params": [p.to_json() for p in s.params], "needs_weights": s.needs_weights,
                                "weights": [w.to_json() for w in s.weights]}
@@ -281,6 +270,7 @@ def create_app(config: ServerConfig, token: str):
                        "max_side": config.max_side, "max_queue": config.max_queue},
             "image_formats": ["raw", "png", "webp"],
             "conflicts": [c.to_json() for c in get_host().conflicts()],
+            "features": _job_features(),
         }
 
     @app.get("/v1/openapi.json", include_in_schema=False)
@@ -288,80 +278,12 @@ def create_app(config: ServerConfig, token: str):
         return JSONResponse(app.openapi())
 
     # -- images ------------------------------------------------------------------------------
-    Digest = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256 of the body, 64 lowercase hex digits")
-    upload_body = {
-        "requestBody": {"required": True, "description": f"the image: raw pixels ({RAW_TYPE}: uint8, rows top to "
-                        "bottom, channels interleaved, exactly width × height × channels bytes), PNG or WebP",
-                        "content": binary(RAW_TYPE, "image/png", "image/webp")},
-        "parameters": [{"name": name, "in": "header", "required": False, "description": header["description"]
-                        + f" (needed with {RAW_TYPE})", "schema": header["schema"]}
-                       for name, header in RAW_IMAGE_HEADERS.items()]}
+    read_bundle = add_image_routes(app, config, uploads)
     image_answer = {"description": "the image (raw: with X-Ctrlgen-Width/Height/Channels)",
                     "content": binary(RAW_TYPE, "image/png", "image/webp"), "headers": RAW_IMAGE_HEADERS}
 
-    @app.head("/v1/images/{sha256}", operation_id="image_known", tags=["images"], response_class=Response,
-              responses={200: {"description": "the server has the image"},
-                         **errors(404, 422, notes={404: "`not_found`: no such image; upload it"})})
-    async def image_known(sha256: str = Digest) -> Response:
-        """200 when an image with this hash is on the server, else 404."""
-        if uploads.get(sha256, touch=True) is None:
-            raise ApiError(404, "not_found", f"no image sha256:{sha256} on the server")
-        return Response(status_code=200)
-
-    @app.put("/v1/images/{sha256}", operation_id="put_image", tags=["images"], status_code=201,
-             response_model=UploadAnswer, openapi_extra=upload_body, responses={
-                 200: {"model": UploadAnswer, "description": "the server had the image already (existed: true); "
-                       "the body was not read"},
-                 **errors(400, 413, 422, notes={
-                     400: "`hash_mismatch` (the body's sha256 is not the one in the URL) or `invalid_request` "
-                          "(a body longer or shorter than its Content-Length)",
-                     422: "`invalid_request` (a Content-Type other than raw, PNG or WebP; missing or bad "
-                          "X-Ctrlgen-* headers; a raw body of the wrong length; a path that is no sha256), "
-                          "`invalid_image` (a PNG/WebP that does not decode, an empty image) or "
-                          "`too_many_pixels` (over --max-side/--max-pixels)"})})
-    async def put_image(request: Request, sha256: str = Digest) -> JSONResponse:
-        """Upload an image under the sha256 of its body (raw pixels, PNG or WebP)."""
-        known = uploads.get(sha256, touch=True)
-        if known is not None:
-            return JSONResponse(known.describe(existed=True), status_code=200)
-        content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if content_type not in (RAW_TYPE, "image/png", "image/webp"):
-            raise ApiError(422, "invalid_request",
-                           f"Content-Type {content_type or '(none)'!r} is not an image format the server reads; "
-                           f"use {RAW_TYPE} (with X-Ctrlgen-Width/Height/Channels), image/png or image/webp")
-        shape = raw_shape(request.headers, config) if content_type == RAW_TYPE else None
-        length_text = request.headers.get("content-length")
-        length = int(length_text) if length_text and length_text.isdigit() else None
-        if length is not None and length > config.max_upload_bytes:
-            raise ApiError(413, "too_large", f"the body has {length} bytes, over the server's limit of "
-                           f"{config.max_upload_bytes}; start `ctrlgen serve` with a larger --max-upload-bytes")
-        if shape is not None:
-            expected = shape[0] * shape[1] * shape[2]
-            if length is not None and length != expected:
-                raise ApiError(422, "invalid_request",
-                               f"a raw {shape[0]}×{shape[1]} image with {shape[2]} channel(s) has {expected} bytes, "
-                               f"but the body has {length}")
-        body = await read_body(request, length, sha256, config.max_upload_bytes)
-        if shape is not None:
-            width, height, channels = shape
-            if len(body) != width * height * channels:
-                raise ApiError(422, "invalid_request", f"a raw {width}×{height} image with {channels} channel(s) "
-                               f"has {width * height * channels} bytes, but the body has {len(body)}")
-            pixels = np.frombuffer(body, np.uint8).reshape((height, width) if channels == 1 else
-                                                            (height, width, channels))
-            pixels.setflags(write=False)
-        else:
-            pixels = await run_in_threadpool(decode_encoded, body, content_type, config)
-        try:
-            stored = uploads.add(Upload(sha256, pixels, max(len(body), pixels.nbytes)), body,
-                                 "raw" if content_type == RAW_TYPE else content_type)
-        except StoreFull as exc:
-            raise ApiError(413, "too_large", str(exc)) from None
-        existed = stored.pixels is not pixels
-        return JSONResponse(stored.describe(existed=existed), status_code=200 if existed else 201)
-
     # -- preprocess -----------------------------------------------------------------------------
-    @app.post("/v1/preprocess", operation_id="preprocess", tags=["preprocess"], response_class=Response, responses={
+    preprocess_answers = {
         200: {**image_answer, "description": "the control map (raw: RGB with X-Ctrlgen-Width/Height/Channels); "
               "data the preprocessor returns (keypoints, labels) is in X-Ctrlgen-Data",
               "headers": {**RAW_IMAGE_HEADERS, "X-Ctrlgen-Data": {
@@ -370,9 +292,25 @@ def create_app(config: ServerConfig, token: str):
         **errors(404, 422, notes={
             404: "`unknown_preprocessor`: no registered preprocessor has that name",
             422: "`invalid_request`: bad params, an image or mask that is not uploaded, a mask of another size, "
-                 "a preprocessor whose Python packages are missing"})})
+                 "a preprocessor whose Python packages are missing"}), **errors(503, notes={
+            503: "`server_stopping`: the server is shutting down"})}
+
+    @app.post("/v1/preprocess", operation_id="preprocess", tags=["preprocess"], response_class=Response,
+              responses=preprocess_answers)
     async def preprocess(request: PreprocessRequest) -> Response:
         """Run one preprocessor on an uploaded image; answers the control map."""
+        return await run_preprocess(request)
+
+    @app.post("/v1/preprocess/bundle", operation_id="preprocess_bundle", tags=["preprocess"],
+              response_class=Response, openapi_extra=bundle_body,
+              responses={**preprocess_answers, **errors(400, 411, 413, 422, notes=BUNDLE_ERRORS)})
+    async def preprocess_bundle(request: Request) -> Response:
+        """``POST /v1/preprocess`` with the images it needs in the same request (a bundle: the
+        request's JSON and the images' bytes; docs/protocol.md#bundles)."""
+        body, _ = await read_bundle(request, PreprocessRequest)
+        return await run_preprocess(body)
+
+    async def run_preprocess(request: PreprocessRequest) -> Response:
         from ctrlgen.core.engine.preprocess import preprocess as run_preprocessor
         from ctrlgen.core.plugins.manager import get_registry
         from ctrlgen.core.plugins.registry import UnknownNameError
@@ -400,6 +338,8 @@ def create_app(config: ServerConfig, token: str):
 
         try:
             result = await asyncio.wrap_future(queue.call(work))
+        except ServerStopping:
+            raise
         except CtrlgenError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
         headers = {}
@@ -419,17 +359,36 @@ def create_app(config: ServerConfig, token: str):
         return upload.pixels
 
     # -- jobs ------------------------------------------------------------------------------------
+    submit_answers = {200: {"model": SubmitAnswer, "description": "a repeated Idempotency-Key: the job that key "
+                            "created (existed: true), not queued again"},
+                      **errors(422, 429, 503, notes={422: (
+                          "`invalid_request` (the message starts with the field's path: `job.steps`, "
+                          "`job.control[1].preprocessor_params.low_threshold`) or `model_not_found` (a model in "
+                          "no model folder); the job was not queued"), 503: "`server_stopping`: the server is "
+                          "shutting down; the job was not queued"})}
+
+    def idempotency_header():
+        return Header(None, alias="Idempotency-Key", max_length=200, description="a key of the client's choosing: "
+                      "a repeat of a submission with the same key answers the job it created (200) instead of "
+                      "queueing another")
+
     @app.post("/v1/jobs", operation_id="submit_job", tags=["jobs"], status_code=202, response_model=SubmitAnswer,
-              responses={200: {"model": SubmitAnswer, "description": "a repeated Idempotency-Key: the job that key "
-                               "created (existed: true), not queued again"},
-                         **errors(422, 429, notes={422: (
-                             "`invalid_request` (the message starts with the field's path: `job.steps`, "
-                             "`job.control[1].preprocessor_params.low_threshold`) or `model_not_found` (a model in "
-                             "no model folder); the job was not queued")})})
-    async def submit(request: SubmitRequest, idempotency_key: str | None = Header(
-            None, alias="Idempotency-Key", max_length=200, description="a key of the client's choosing: a repeat of a submission with the "
-            "same key answers the job it created (200) instead of queueing another")) -> Any:
+              responses=submit_answers)
+    async def submit(request: SubmitRequest, idempotency_key: str | None = idempotency_header()) -> Any:
         """Validate a job and queue it; its events follow at /v1/jobs/{id}/events."""
+        return await submit_job(request, idempotency_key)
+
+    @app.post("/v1/jobs/bundle", operation_id="submit_job_bundle", tags=["jobs"], status_code=202,
+              response_model=SubmitAnswer, openapi_extra=bundle_body,
+              responses={**submit_answers, **errors(400, 411, 413, 422, notes={
+                  **BUNDLE_ERRORS, 422: BUNDLE_ERRORS[422] + "; and what POST /v1/jobs answers 422"})})
+    async def submit_bundle(request: Request, idempotency_key: str | None = idempotency_header()) -> Any:
+        """``POST /v1/jobs`` with the images the job needs in the same request (a bundle: the
+        request's JSON and the images' bytes; docs/protocol.md#bundles)."""
+        body, _ = await read_bundle(request, SubmitRequest)
+        return await submit_job(body, idempotency_key)
+
+    async def submit_job(request: SubmitRequest, idempotency_key: str | None) -> Any:
         from ctrlgen.core.engine.jobs import parse_job
 
         if idempotency_key:
@@ -462,9 +421,7 @@ def create_app(config: ServerConfig, token: str):
         except CtrlgenError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
         for digest in digests:  # an accepted job's inputs are on disk before it is acknowledged
-            upload = uploads.get(digest)
-            if upload is not None:
-                await asyncio.wrap_future(upload.saved)
+            await asyncio.wrap_future(uploads.persist(digest))
         record = JobRecord(new_job_id(), job, request.preview, digests, idempotency_key=idempotency_key or None)
         try:
             position = queue.submit(record)
@@ -532,20 +489,27 @@ def create_app(config: ServerConfig, token: str):
             last_seen = int(header) if header.isdigit() else 0
         if last_seen > len(record.events):  # an id from before a restart: replay the job's history
             last_seen = 0
-        return EventStream(_event_stream(record, last_seen, config.keepalive_s),
+        return EventStream(_event_stream(record, last_seen, config.keepalive_s, queue),
                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/jobs/{job_id}/results/{index}", operation_id="get_result", tags=["jobs"], response_class=Response,
-             responses={200: image_answer, **errors(404, 409, 410, 422, notes={
+             responses={200: {**image_answer, "headers": {**RAW_IMAGE_HEADERS, "X-Ctrlgen-Box": {
+                 "description": "x0,y0,x1,y1: where the crop lies in the result (with ?box= or ?changed=1)",
+                 "schema": {"type": "string"}}}}, **errors(404, 409, 410, 422, notes={
                  404: "`not_found`: no such job, or no result with this index",
                  409: "`job_not_finished`: the job has not finished, or ended without results",
                  410: "`result_expired`: the job ended longer than --result-ttl ago (or was pushed out by newer "
                       "ones), or its result file is gone",
-                 422: "`invalid_request`: an index or format that is not valid"})})
+                 422: "`invalid_request`: an index, format or box that is not valid"})})
     async def result(job_id: str, index: int = PathParam(ge=0),
                      format: Literal["raw", "png", "webp"] = Query("raw", description="raw (the default: the "
-                                                                   "pixels, no encoding), png or webp")) -> Response:
-        """One result image: raw RGB (with X-Ctrlgen-* headers), PNG or WebP."""
+                                                                   "pixels, no encoding), png or webp"),
+                     box: str | None = Query(None, description="x0,y0,x1,y1: answer only this crop of the result "
+                                             "(its own frame; x1/y1 exclusive)", examples=["0,0,64,64"]),
+                     changed: bool = Query(False, description="answer only the result's changed_box (the whole "
+                                           "image when it has none)")) -> Response:
+        """One result image (or a crop of it): raw RGB (with X-Ctrlgen-* headers), PNG or WebP.
+        A crop's place in the result is in ``X-Ctrlgen-Box``."""
         record = find_job(job_id)
         if record.status != "finished":
             if record.status in TERMINAL:
@@ -555,14 +519,21 @@ def create_app(config: ServerConfig, token: str):
         images = record.results or []
         if index >= len(images):
             raise ApiError(404, "not_found", f"job {job_id} has {len(images)} result(s); index {index} is out of range")
+        item = images[index]
+        crop = crop_box(item, box, changed)
         try:
-            pixels = queue.result_pixels(images[index])
+            pixels = queue.result_pixels(item)
         except (OSError, ValueError):
             raise ApiError(410, "result_expired", f"result {index} of job {job_id} is no longer on the server's "
                            "disk (deleted by hand?); run the job again") from None
+        headers = {}
+        if crop is not None:
+            x0, y0, x1, y1 = crop
+            pixels = pixels[y0:y1, x0:x1]
+            headers["X-Ctrlgen-Box"] = f"{x0},{y0},{x1},{y1}"
         if format == "raw":
-            return image_response(pixels, None, "raw", {})
-        return await run_in_threadpool(image_response, pixels, None, format, {})
+            return image_response(pixels, None, "raw", headers)
+        return await run_in_threadpool(image_response, pixels, None, format, headers)
 
     return Guard(app, token=token, allowed_origins=config.allowed_origins,
                  allowed_hosts=None if (config.allow_remote and not config.allowed_hosts) else config.allowed_hosts)
@@ -585,14 +556,24 @@ def _lock_state(state: Path):
     return handle
 
 
-def _close_state(queue: JobQueue, uploads: UploadStore, outputs: OutputWriter | None, journal: Journal) -> None:
-    """At shutdown: let the worker end (a running job goes back to the queue), finish writing
-    uploads and outputs, close the journal."""
-    queue.join(timeout=30)
-    uploads.close()
-    if outputs is not None:
-        outputs.close()
-    journal.close()
+def crop_box(item: dict, box: str | None, changed: bool) -> tuple[int, int, int, int] | None:
+    """The crop ``?box=`` or ``?changed=1`` asks of a result (None: the whole image)."""
+    width, height = item["width"], item["height"]
+    if box is not None and changed:
+        raise ApiError(422, "invalid_request", "box and changed=1 both choose a crop; send one of them")
+    if changed:
+        return tuple(item.get("changed_box") or (0, 0, width, height))  # type: ignore[return-value]
+    if box is None:
+        return None
+    parts = box.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
+        raise ApiError(422, "invalid_request", f"box={box!r} is not four whole numbers x0,y0,x1,y1; "
+                       f"for example box=0,0,{width},{height}")
+    x0, y0, x1, y1 = (int(part) for part in parts)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ApiError(422, "invalid_request", f"box={box} is not inside the {width}×{height} result with x0 < x1 "
+                       f"and y0 < y1; the largest box is 0,0,{width},{height}")
+    return x0, y0, x1, y1
 
 
 def _json_default(value: Any) -> Any:
@@ -611,9 +592,12 @@ def _sse(event_id: int, kind: str, data: dict) -> bytes:
     return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _event_stream(record: JobRecord, after: int, keepalive_s: float):
+async def _event_stream(record: JobRecord, after: int, keepalive_s: float, queue: JobQueue):
     sent = after
     while True:
+        if queue.stopping:  # the server stops: end the stream (the client reconnects later)
+            yield b": server stopping\n\n"
+            return
         changed = record.changed
         for event_id, kind, data in record.events[sent:]:
             yield _sse(event_id, kind, data)
@@ -626,151 +610,8 @@ async def _event_stream(record: JobRecord, after: int, keepalive_s: float):
             yield b": ping\n\n"
 
 
-# -- running the server -------------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def _job_features() -> list[dict[str, Any]]:
+    """Job features beyond the plugins' (upscale, hires fix), with their Param schemas."""
+    from ctrlgen.core.engine.upscale_options import feature_capabilities
 
-
-def _bind_tcp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
-    # without it every answer written in two parts waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        raise CtrlgenError(f"cannot listen on {host}:{port}: {exc.strerror}; is another server running there? "
-                           "Pick another one with --port (0 lets the system choose)") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _bind_unix(path: str) -> socket.socket:
-    target = Path(path)
-    if target.exists():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(target))
-        except OSError:
-            target.unlink()  # a socket file left by a server that is gone
-        else:
-            raise CtrlgenError(f"another server is listening on the Unix socket {path}; stop it or pick another path")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    previous = os.umask(0o177)  # the socket file is created private (0600)
-    try:
-        sock.bind(str(target))
-    finally:
-        os.umask(previous)
-    sock.listen(2048)
-    return sock
-
-
-def _server_json_path(folder: Path) -> Path:
-    return folder / "server.json"
-
-
-def _write_server_json(folder: Path, url: str, unix_socket: str | None) -> Path:
-    """``server.json`` (mode 0600, written atomically): where the server listens, for clients."""
-    from ctrlgen.host_bridges.client import process_alive
-
-    path = _server_json_path(folder)
-    with contextlib.suppress(OSError, ValueError):
-        old_pid = json.loads(path.read_text(encoding="utf-8")).get("pid")
-        if isinstance(old_pid, int) and old_pid != os.getpid() and not process_alive(old_pid):
-            log.warning("replacing a stale %s (its server, pid %d, is gone)", path, old_pid)
-    temporary = path.with_name(f".server.json.{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps({"url": url, "unix_socket": unix_socket, "pid": os.getpid(),
-                                 "version": __version__}, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
-
-
-def _remove_server_json(folder: Path) -> None:
-    path = _server_json_path(folder)
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
-            path.unlink()
-
-
-def serve(config: ServerConfig) -> int:
-    """Run the server until interrupted. Writes server.json once listening; removes it on exit."""
-    import uvicorn
-
-    from ctrlgen.core.config import config_dir
-    from ctrlgen.host_bridges.server.http import BridgeHttpProtocol
-
-    if not config.allow_remote and not is_loopback(config.host):
-        raise CtrlgenError(f"--host {config.host} is not a loopback address; binding there lets other machines "
-                           "reach the server. Add --allow-remote if that is what you want")
-    if config.allowed_hosts and not config.allow_remote:
-        raise CtrlgenError("--allowed-host only matters for a server reachable from elsewhere; add --allow-remote "
-                           "(and a non-loopback --host), or leave it out")
-    folder = config.config_dir or config_dir()
-    token = load_or_create_token(folder)
-    if config.allow_remote and not is_loopback(config.host):
-        print(f"WARNING: listening on {config.host}, reachable from other machines; anyone with the token can "
-              "run jobs. Keep the token secret and prefer a firewall or an SSH tunnel.", file=sys.stderr)
-    from ctrlgen.core.plugins.manager import get_host
-
-    for conflict in get_host().conflicts():  # each withholds one name; the server serves the rest
-        print(f"WARNING: {conflict.message}", file=sys.stderr)
-    tcp = _bind_tcp(config.host, config.port)
-    sockets = [tcp]
-    if config.unix_socket:
-        sockets.append(_bind_unix(config.unix_socket))
-    port = tcp.getsockname()[1]
-    shown_host = f"[{config.host.strip('[]')}]" if ":" in config.host else config.host
-    url = f"http://{shown_host}:{port}"
-    app = create_app(config, token)
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets=sockets)
-            if self.started:
-                _write_server_json(folder, url, config.unix_socket)
-                where = url + (f" and {config.unix_socket}" if config.unix_socket else "")
-                print(f"ctrlgen {__version__} serving on {where} (token: {folder / 'token'})", flush=True)
-
-        def handle_exit(self, sig, frame) -> None:
-            # uvicorn would raise the signal again once it has stopped, ending the process by
-            # that signal; a stop asked for with Ctrl+C or SIGTERM is a normal one: the running
-            # job went back to the journal's queue, so clean up and exit 0.
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
-
-        async def shutdown(self, sockets=None) -> None:
-            _remove_server_json(folder)
-            await super().shutdown(sockets=sockets)
-            cleanup()
-
-    protocol = type("Protocol", (BridgeHttpProtocol,), {"header_timeout_s": config.stall_timeout_s,
-                                                         "body_idle_timeout_s": config.stall_timeout_s})
-    uv_config = uvicorn.Config(app, log_level=config.log_level, http=protocol, ws="none", lifespan="on",
-                               timeout_graceful_shutdown=3, access_log=False, server_header=False)
-    def cleanup() -> None:
-        _remove_server_json(folder)
-        for sock in sockets:
-            sock.close()
-        if config.unix_socket:
-            with contextlib.suppress(OSError):
-                os.unlink(config.unix_socket)
-
-    server = Server(uv_config)
-    try:
-        server.run(sockets=sockets)
-    finally:
-        cleanup()
-    return 0
+    return feature_capabilities()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ctrlgen.core.plugins.manager import hookimpl
 
 
 def _size(text: str) -> int:
-    """A byte count: 1048576, 64M, 2G (binary units)."""
+    """A byte count: 1048576, 64M, 2G, 1GiB (binary units)."""
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
     number = text[:-1] if text[-1:] in "KMG" else text
@@ -27,7 +28,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ctrlgen.core.errors import CtrlgenError
 
     try:
-        from ctrlgen.host_bridges.server.app import ServerConfig, serve
+        from ctrlgen.host_bridges.server.app import ServerConfig
+        from ctrlgen.host_bridges.server.serving import serve
     except ImportError as exc:
         raise CtrlgenError(f"`ctrlgen serve` needs the server extra ({exc.name} is missing); install it with: "
                            "pip install 'ctrlgen[server]'") from None
@@ -37,7 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_origins=tuple(args.allowed_origin or ()), allowed_hosts=tuple(args.allowed_host or ()),
         device=args.device, result_ttl_s=args.result_ttl, max_queue=args.max_queue,
         max_results=args.max_results, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-        max_side=args.max_side, max_upload_memory=args.max_upload_memory, keepalive_s=args.keepalive,
+        max_side=args.max_side, max_upload_memory=args.max_memory, keepalive_s=args.keepalive,
+        preload=args.preload, warmup=not args.no_warmup,
         config_dir=Path(args.config_dir) if args.config_dir else None, log_level=args.log_level,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         outputs_dir=Path(args.outputs) if args.outputs else None, save_outputs=not args.no_outputs,
@@ -71,9 +74,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=8192 * 8192, metavar="N",
                    help="largest image in pixels (default 8192*8192)")
     p.add_argument("--max-side", type=int, default=8192, metavar="PX", help="longest image side (default 8192)")
-    p.add_argument("--max-upload-memory", type=_size, default=2 * 2**30, metavar="SIZE",
-                   help="memory for uploaded images; the least recently used ones no job needs leave memory "
-                        "first (they stay on disk) (default 2G)")
+    p.add_argument("--max-memory", "--max-upload-memory", dest="max_memory", type=_size, default=2 * 2**30,
+                   metavar="SIZE",
+                   help="memory for uploaded images and results (e.g. 1GiB); beyond it the least recently used "
+                        "ones no queued or running job needs leave memory and stay on disk in the state folder "
+                        "(default 2GiB)")
+    p.add_argument("--preload", metavar="MODEL", default=os.environ.get("CTRLGEN_PRELOAD") or None,
+                   help="load this model (a name `ctrlgen models` lists) right after start, before the first job "
+                        "(default: $CTRLGEN_PRELOAD)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="do not import torch and diffusers at start (they are then imported by the first job)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="the job journal, uploads and results, kept across restarts (default: CONFIG/server)")
     p.add_argument("--outputs", metavar="DIR",

@@ -5,7 +5,8 @@
   at most a ``.tmp`` file, which the next start removes.
 - :class:`OutputWriter` saves every finished job's images as PNGs carrying their parameters
   (A1111's ``parameters`` text and the ``ctrlgen-job`` JSON) in ``OUTPUTS/YYYY-MM-DD/``, on a
-  thread of its own so the next job does not wait for PNG encoding, and keeps the folder under
+  thread of its own so the next job does not wait for PNG encoding (unless several are waiting
+  already: memory stays bounded), and keeps the folder under
   its size limit by deleting the oldest files first.
 """
 
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("ctrlgen.server")
+
+PENDING_OUTPUTS = 4  # finished jobs whose PNGs may wait to be written
 
 
 def private_folder(path: Path) -> Path:
@@ -74,7 +77,9 @@ class OutputWriter:
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = private_folder(folder)
         self.max_bytes = max_bytes
-        self._queue: queue.Queue = queue.Queue()
+        # Bounded: a job waits for the PNG writer rather than results piling up in memory when
+        # jobs finish faster than their PNGs are written.
+        self._queue: queue.Queue = queue.Queue(maxsize=PENDING_OUTPUTS)
         self._thread = threading.Thread(target=self._work, name="ctrlgen-outputs", daemon=True)
         self._thread.start()
 

@@ -14,13 +14,20 @@ JSON with an error code, like the application's, and a stalled client is cut off
 
 A stalled connection costs a socket, never a worker: the job worker only sees requests whose
 body has fully arrived.
+
+Image bodies (``PUT /v1/images/...`` and bundles) with a ``Content-Length`` up to
+``max_body_bytes`` skip uvicorn's body path: a :class:`~.bodies.BodySink` in the request's
+``scope["extensions"]["ctrlgen.body"]`` receives them (one copy, hashed as they arrive).
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ctrlgen.host_bridges.server.bodies import BUNDLE_TYPE, IMAGE_TYPES, BodySink
 
 MAX_URL_BYTES = 16 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -46,6 +53,7 @@ class BridgeHttpProtocol(HttpToolsProtocol):
 
     header_timeout_s = HEADER_TIMEOUT_S
     body_idle_timeout_s = BODY_IDLE_TIMEOUT_S
+    max_body_bytes = 256 * 2**20  # larger image bodies take uvicorn's path (and the route refuses them)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -53,6 +61,8 @@ class BridgeHttpProtocol(HttpToolsProtocol):
         self._rejection: tuple[int, str, str] | None = None
         self._header_bytes = 0
         self._in_body = False
+        self._sink: BodySink | None = None
+        self._body_seen = 0.0  # when the body last moved (the body timer re-arms from it)
 
     # -- timers --------------------------------------------------------------------------
     def _arm(self, seconds: float, what: str) -> None:
@@ -66,6 +76,11 @@ class BridgeHttpProtocol(HttpToolsProtocol):
 
     def _stalled(self, what: str) -> None:
         self._stall = None
+        if what == "body":
+            quiet = time.monotonic() - self._body_seen
+            if quiet < self.body_idle_timeout_s:  # it moved meanwhile: wait the rest
+                self._stall = self.loop.call_later(self.body_idle_timeout_s - quiet, self._stalled, "body")
+                return
         if what == "headers":
             message = (f"the request's headers did not arrive within {self.header_timeout_s:g} s of its first "
                        "byte; send the whole request at once")
@@ -87,6 +102,8 @@ class BridgeHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # its later answer is dropped; its body reader sees a disconnect
             cycle.message_event.set()
+        if self._sink is not None:
+            self._sink.abort(400, "incomplete_body", message)
         self.transport.close()
 
     # -- parser callbacks ------------------------------------------------------------------
@@ -115,21 +132,48 @@ class BridgeHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
         self._in_body = True
+        self._sink = self._direct_sink()
+        if self._sink is not None:
+            self.scope.setdefault("extensions", {})["ctrlgen.body"] = self._sink
+            if self.cycle.waiting_for_100_continue:  # the route never asks uvicorn for the body: say go on now
+                self.cycle.waiting_for_100_continue = False
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._body_seen = time.monotonic()
         self._arm(self.body_idle_timeout_s, "body")
 
+    def _direct_sink(self) -> BodySink | None:
+        """A sink for an image or bundle body of known length, else None (uvicorn's path)."""
+        headers = dict(self.scope.get("headers", ()))
+        content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+        length = headers.get(b"content-length", b"")
+        if not length.isdigit() or int(length) > self.max_body_bytes or b"transfer-encoding" in headers:
+            return None
+        method = self.scope.get("method")
+        if content_type == BUNDLE_TYPE and method == "POST":
+            return BodySink("bundle", int(length), self.loop)
+        if content_type in IMAGE_TYPES and method == "PUT":
+            return BodySink("image", int(length), self.loop)
+        return None
+
     def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        self._arm(self.body_idle_timeout_s, "body")
+        if self._sink is None:
+            super().on_body(body)
+        elif not self.cycle.response_complete:  # an answer sent early (a known image): the rest is dropped
+            self._sink.feed(body)
+        self._body_seen = time.monotonic()
 
     def on_message_complete(self) -> None:
         self._disarm()
         self._in_body = False
+        if self._sink is not None:
+            self._sink.finish()
+            self._sink = None
         super().on_message_complete()
 
     def eof_received(self) -> bool | None:
         if self._in_body and self.cycle is not None and self.cycle.more_body:
             self._disarm()
-            received = len(self.cycle.body)
+            received = self._sink.arrived if self._sink is not None else len(self.cycle.body)
             self._abort(400, "incomplete_body", f"the connection closed after {received} more byte(s) of the "
                         "body, before the length the request announced; send the whole body")
             return True
@@ -137,6 +181,9 @@ class BridgeHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._sink is not None:
+            self._sink.abort(400, "incomplete_body", "the client closed the connection before the body ended")
+            self._sink = None
         super().connection_lost(exc)
 
     # -- what uvicorn sends for bytes it cannot parse -----------------------------------------

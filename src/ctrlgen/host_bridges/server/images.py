@@ -24,6 +24,17 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
+def validation_message(errors: list[dict]) -> str:
+    lines = []
+    for item in errors:
+        if item.get("type") == "json_invalid":
+            problem = (item.get("ctx") or {}).get("error", "JSON decode error")
+            return f"the body is not valid JSON ({problem} at character {item['loc'][-1]}); send a JSON object"
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "request"
+        lines.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(lines)
+
+
 def decode_encoded(body: bytearray, content_type: str, config: Any) -> np.ndarray:
     """Pixels of a PNG/WebP upload (grey, RGB or RGBA), after checking its size from the header."""
     from PIL import Image, UnidentifiedImageError

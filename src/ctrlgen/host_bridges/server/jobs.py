@@ -44,6 +44,11 @@ log = logging.getLogger("ctrlgen.server")
 
 TERMINAL = ("finished", "error", "cancelled", "interrupted")
 PREVIEW_SIDE = 256
+RESULT_KEYS = ("index", "width", "height", "channels", "seed", "changed_box", "offset", "canvas_size")
+
+
+class ServerStopping(CtrlgenError):
+    """The server is shutting down: no new work is taken (HTTP 503 ``server_stopping``)."""
 
 
 def error_code(exc: BaseException) -> str:
@@ -94,8 +99,7 @@ class JobRecord:
         self.changed = asyncio.Event()
 
     def result_info(self) -> list[dict]:
-        return [{key: item[key] for key in ("index", "width", "height", "channels", "seed")}
-                for item in self.results or []]
+        return [{key: item[key] for key in RESULT_KEYS if item.get(key) is not None} for item in self.results or []]
 
 
 @dataclass
@@ -104,6 +108,7 @@ class _Call:
 
     function: Any
     future: Future
+    counted: bool = True  # in the positions of the jobs behind it (the warm-up is not)
 
 
 class JobQueue:
@@ -125,6 +130,7 @@ class JobQueue:
         self._pending: deque[JobRecord | _Call] = deque()
         self._running: JobRecord | None = None
         self._busy = False
+        self._busy_counted = True
         self._cond = threading.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,18 +144,33 @@ class JobQueue:
         self._thread = threading.Thread(target=self._work, name="ctrlgen-worker", daemon=True)
         self._thread.start()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def stop(self) -> None:
-        """Stop taking jobs; the running one is cancelled and goes back to the queue (journal)."""
+        """Stop taking jobs; the running one is cancelled and goes back to the queue (journal).
+        Calls still waiting (preprocess requests) fail with :class:`ServerStopping`, so their
+        requests answer at once instead of holding the shutdown up."""
         with self._cond:
             self._stopping = True
             if self._running is not None:
                 self._running.cancel.set()
+            calls = [item for item in self._pending if isinstance(item, _Call)]
+            for call in calls:
+                self._pending.remove(call)
             self._cond.notify_all()
+        for call in calls:
+            if call.future.set_running_or_notify_cancel():
+                call.future.set_exception(ServerStopping("the server is shutting down; send the request again "
+                                                         "once it runs"))
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the worker to end (after :meth:`stop`)."""
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end (after :meth:`stop`); whether it has ended."""
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
     # -- queue state (loop thread) -----------------------------------------------------
     @property
@@ -166,16 +187,18 @@ class JobQueue:
         with self._cond:
             if record.status != "queued":
                 return 0
-            ahead = 1 if self._busy else 0
+            ahead = 1 if self._busy and self._busy_counted else 0
             for item in self._pending:
                 if item is record:
                     return ahead
-                ahead += 1
+                ahead += 1 if getattr(item, "counted", True) else 0
             return ahead
 
     def submit(self, record: JobRecord) -> int:
         """Queue ``record``; returns its position. Raises OverflowError when the queue is full."""
         with self._cond:
+            if self._stopping:
+                raise ServerStopping("the server is shutting down; submit the job again once it runs")
             if sum(1 for item in self._pending if isinstance(item, JobRecord)) >= self.max_queue:
                 raise OverflowError(self.max_queue)
             self.journal.add_job(record.id, record.job.model_dump(mode="json"), record.preview, record.refs,
@@ -188,11 +211,19 @@ class JobQueue:
         record.add_event("queued", {"position": position})
         return position
 
-    def call(self, function) -> Future:
-        """Run ``function()`` on the worker after what is queued; a Future of its result."""
+    def call(self, function, first: bool = False, counted: bool = True) -> Future:
+        """Run ``function()`` on the worker after what is queued (``first``: before it); a Future
+        of its result. ``counted=False``: jobs behind it do not count it in their positions."""
         future: Future = Future()
         with self._cond:
-            self._pending.append(_Call(function, future))
+            if self._stopping:
+                future.set_exception(ServerStopping("the server is shutting down; send the request again once "
+                                                    "it runs"))
+                return future
+            if first:
+                self._pending.appendleft(_Call(function, future, counted))
+            else:
+                self._pending.append(_Call(function, future, counted))
             self._cond.notify()
         return future
 
@@ -309,6 +340,7 @@ class JobQueue:
                     return
                 item = self._pending.popleft()
                 self._busy = True
+                self._busy_counted = getattr(item, "counted", True)
                 if isinstance(item, JobRecord):
                     self._running = item
                     if not item.cancel.is_set():
@@ -383,6 +415,7 @@ class JobQueue:
         import hashlib
 
         kept = []
+        region = region_info(result)
         for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
             pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
             digest = hashlib.sha256(memoryview(pixels).cast("B")).hexdigest()
@@ -390,7 +423,7 @@ class JobQueue:
             height, width = pixels.shape[:2]
             channels = 1 if pixels.ndim == 2 else pixels.shape[2]
             kept.append({"index": index, "width": width, "height": height, "channels": channels, "seed": int(seed),
-                         "digest": digest})
+                         "digest": digest, **region})
         return kept
 
     def result_pixels(self, item: dict) -> np.ndarray:
@@ -430,6 +463,23 @@ class JobQueue:
                 torch.cuda.empty_cache()
         except Exception:  # freeing is best effort
             pass
+
+
+def region_info(result: Any) -> dict[str, list[int]]:
+    """Where a job's results sit (docs/protocol.md#regions): ``changed_box`` (in the result's own
+    frame, the pixels that may differ from the input), ``offset`` and ``canvas_size``; empty for a
+    job on a whole canvas that changed everything."""
+    box = getattr(result, "changed_box", None)
+    canvas = getattr(getattr(result, "job", None), "canvas_size", None)
+    info: dict[str, list[int]] = {}
+    if box is not None:
+        info["changed_box"] = [int(v) for v in box]
+    if canvas is not None:
+        info["canvas_size"] = [int(v) for v in canvas]
+    if info:
+        offset = getattr(result, "offset", None) or getattr(result.job, "image_offset", None) or (0, 0)
+        info["offset"] = [int(v) for v in offset]
+    return info
 
 
 def new_job_id() -> str:

@@ -78,11 +78,23 @@ class QueueState(BaseModel):
 
 
 class UploadMemory(BaseModel):
-    in_memory_bytes: int
-    memory_limit_bytes: int
+    in_memory_bytes: int = Field(description="bytes of uploads and results held in memory")
+    memory_limit_bytes: int = Field(description="the budget (--max-memory); beyond it images stay on disk only")
 
 
-class Health(BaseModel):
+class Warmth(BaseModel):
+    """How far the server is with warming up (docs/protocol.md#warm-up)."""
+
+    state: Literal["warming", "ready"] = Field(
+        description="'warming' while the server imports torch/diffusers (and loads --preload) right after start; "
+        "jobs are accepted meanwhile and run once it is done. 'ready' after (also when warming up failed)")
+    preload: str | None = Field(default=None, description="the model named by --preload, if any")
+    warmup_error: str | None = Field(default=None, description="why warming up (or the preload) failed; jobs "
+                                     "still run, loading what they need")
+    warmup_s: float | None = Field(default=None, description="seconds warming up took, once ready")
+
+
+class Health(Warmth):
     status: Literal["ok"]
     version: str
     queue: QueueState
@@ -102,6 +114,18 @@ class ParamInfo(BaseModel):
     description: str
     category: str
     required: bool
+
+
+class FeatureInfo(BaseModel):
+    """A job feature (the upscale task, hires fix, ...): the job field it lives in and its params."""
+
+    name: str
+    field: str = Field(description="the job field that configures it")
+    tasks: list[str] = Field(description="the tasks it applies to")
+    description: str
+    params: list[ParamInfo]
+    resamplers: list[str] = Field(default_factory=list, description="upscaler names that need no model (upscaler "
+                                  "models are in `models`, category upscale_models)")
 
 
 class WeightInfo(BaseModel):
@@ -170,7 +194,7 @@ class Conflict(BaseModel):
     message: str
 
 
-class Capabilities(BaseModel):
+class Capabilities(Warmth):
     version: str
     preprocessors: list[PreprocessorInfo]
     adapters: list[AdapterInfo]
@@ -180,6 +204,8 @@ class Capabilities(BaseModel):
     limits: Limits
     image_formats: list[Literal["raw", "png", "webp"]]
     conflicts: list[Conflict]
+    features: list[FeatureInfo] = Field(default_factory=list, description="job features and the fields that "
+                                        "configure them (upscale, hires fix; docs/jobs.md)")
 
 
 class UploadAnswer(BaseModel):
@@ -205,6 +231,15 @@ class ResultInfo(BaseModel):
     height: int
     channels: Literal[1, 3, 4] = Field(description="3 (RGB), or 4 (RGBA) when the job's image had alpha")
     seed: int
+    changed_box: list[int] | SkipJsonSchema[None] = _absent_unless(
+        "[x0, y0, x1, y1] in the result's own frame: the pixels that may differ from the job's image (the "
+        "feathered mask's padded bounds); absent when the whole image is new (txt2img). GET the result with "
+        "?changed=1 for only this crop")
+    offset: list[int] | SkipJsonSchema[None] = _absent_unless(
+        "[x, y]: where the result sits in the canvas (the job's image_offset, else [0, 0]); present with "
+        "changed_box or canvas_size")
+    canvas_size: list[int] | SkipJsonSchema[None] = _absent_unless(
+        "[width, height] of the canvas the job's image is a patch of (the job's canvas_size)")
 
 
 class JobErrorBody(BaseModel):

@@ -38,6 +38,7 @@ ERROR_DESCRIPTIONS = {
     408: "`timeout`: the headers, or a pause in the body, took longer than --stall-timeout; the connection "
          "is closed",
     409: "`job_not_finished`",
+    411: "`length_required`: a body that must say its length did not (Content-Length)",
     410: "`result_expired`: the job ended longer than --result-ttl ago, or was pushed out by newer ones",
     413: "`too_large`: a body over --max-upload-bytes, or upload memory full of images jobs still need",
     414: "`url_too_long`: a URL over 16 KiB",
@@ -45,6 +46,7 @@ ERROR_DESCRIPTIONS = {
     429: "`queue_full`: --max-queue jobs are waiting; retry after Retry-After seconds",
     431: "`headers_too_large`: request headers over 64 KiB",
     500: "`internal_error`: a bug; the message has the exception",
+    503: "`server_stopping`: the server is shutting down; retry once it runs again",
 }
 # Answered before or around every route: the connection layer, the guard, a bug.
 EVERY_OPERATION = (400, 401, 403, 408, 414, 431, 500)

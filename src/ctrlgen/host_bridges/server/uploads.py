@@ -1,13 +1,21 @@
-"""The server's uploaded images: content-addressed, on disk, with a bounded memory cache.
+"""The server's uploaded images: content-addressed, in memory within a byte budget, spilled to
+disk beyond it.
 
-An upload is kept as the bytes it came in, in a file named by their sha256 (written by a
-thread of its own while the client goes on; ``POST /v1/jobs`` waits until the files of the
-images a job names are written before it answers, so an accepted job's inputs survive a
-crash), and as pixels in memory: raw bodies are used in place, without a copy. Memory holds at
-most ``max_bytes``; when a new upload would go over, the least recently used uploads
-(uploaded, asked about with HEAD or named by a job) that no queued or running job references
-leave memory, not the disk. An upload not in memory is read back from its file when asked for.
-Files that no queued or running job references are deleted once unused for ``ttl_s``.
+An upload is kept as pixels in memory (raw bodies are used in place, without a copy), within
+``max_bytes`` (``--max-memory``). It is written to a file named by its sha256 (by a thread of
+its own, as the bytes it came in) only when needed:
+
+- when a job names it: ``POST /v1/jobs`` waits until the files of the images a job names are
+  written before it answers (:meth:`UploadStore.persist`), so an accepted job's inputs survive
+  a crash;
+- when it leaves memory: a new upload that would go over the budget pushes the least recently
+  used uploads (uploaded, asked about with HEAD or named by a job) that no queued or running job
+  references out of memory, oldest first; one not yet on disk is spilled there first.
+
+So an upload used only by preprocess calls, or replaced before it is evicted, never touches the
+disk. An upload not in memory is read back from its file when asked for. Files that no queued or
+running job references are deleted once unused for ``ttl_s``. Uploads only in memory are not
+kept across a restart (a client sends them again when the server says it lacks them).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +55,9 @@ class Upload:
     pixels: np.ndarray  # H×W (grey), H×W×3 or H×W×4 uint8
     nbytes: int
     created: float = field(default_factory=time.time)
-    saved: Future = field(default_factory=_done)  # resolves once the file is on disk
+    saved: Future | None = field(default_factory=_done)  # resolves once the file is on disk; None: not asked
+    body: Any = field(default=None, repr=False)  # the bytes as uploaded, until written to disk
+    content_type: str = "raw"
 
     @property
     def ref(self) -> str:
@@ -143,7 +154,8 @@ class UploadStore:
 
     def add(self, upload: Upload, body=None, content_type: str = "raw") -> Upload:
         """Keep ``upload`` (or return the one already kept under its hash), evicting old ones from
-        memory. ``body`` (the bytes as uploaded) is written to disk in the background."""
+        memory (spilling them to disk first when they are not there yet). ``body``, the bytes as
+        uploaded, is what :meth:`persist` writes."""
         with self._lock:
             known = self._items.get(upload.digest)
             if known is not None:
@@ -151,35 +163,57 @@ class UploadStore:
             if upload.nbytes > self.max_bytes:
                 raise StoreFull(
                     f"the image needs {upload.nbytes} bytes but the server keeps at most {self.max_bytes} "
-                    "bytes of uploads in memory; start `ctrlgen serve` with a larger --max-upload-memory")
+                    "bytes of images in memory; start `ctrlgen serve` with a larger --max-memory")
+            spill = []
             for digest in list(self._items):
                 if self._bytes + upload.nbytes <= self.max_bytes:
                     break
                 if self._pins.get(digest):
                     continue
-                self._bytes -= self._items.pop(digest).nbytes
+                victim = self._items.pop(digest)
+                self._bytes -= victim.nbytes
+                if victim.body is not None:  # never written: spill it, findable until it is on disk
+                    self._saving[digest] = victim
+                    spill.append(victim)
             if self._bytes + upload.nbytes > self.max_bytes:
                 raise StoreFull(
-                    "upload memory is full of images that queued or running jobs use; wait for them to "
-                    "finish, or start `ctrlgen serve` with a larger --max-upload-memory")
+                    "image memory is full of images that queued or running jobs use; wait for them to "
+                    "finish, or start `ctrlgen serve` with a larger --max-memory")
             self._items[upload.digest] = upload
             self._bytes += upload.nbytes
             self._used[upload.digest] = time.time()
-        if body is not None and self._writer is not None:
-            with self._lock:
-                self._saving[upload.digest] = upload
-            upload.saved = self._writer.submit(self._save, upload, body, content_type)
+            if body is not None and self._writer is not None:
+                upload.body, upload.content_type, upload.saved = body, content_type, None
+        for victim in spill:
+            self._schedule(victim)
         return upload
 
-    def _save(self, upload: Upload, body, content_type: str) -> None:
+    def persist(self, digest: str) -> Future:
+        """A future that resolves once the upload's file is on disk (writing it if needed)."""
+        with self._lock:
+            upload = self._items.get(digest) or self._saving.get(digest)
+        if upload is None:
+            return _done()  # read back from its file, or unknown: nothing to write
+        return self._schedule(upload)
+
+    def _schedule(self, upload: Upload) -> Future:
+        with self._lock:
+            if upload.saved is None:
+                assert self._writer is not None
+                upload.saved = self._writer.submit(self._save, upload)
+            return upload.saved
+
+    def _save(self, upload: Upload) -> None:
         assert self.files is not None and self.journal is not None
         try:
+            body = upload.body
             self.files.write(upload.digest, body)
             height, width = upload.pixels.shape[:2]
             channels = 1 if upload.pixels.ndim == 2 else upload.pixels.shape[2]
-            image_format = {"image/png": "png", "image/webp": "webp"}.get(content_type, "raw")
+            image_format = {"image/png": "png", "image/webp": "webp"}.get(upload.content_type, "raw")
             self.journal.add_upload(UploadRow(upload.digest, image_format, width, height, channels, len(body),
                                               upload.created))
+            upload.body = None  # on disk now (raw pixels are a view of the body and keep it alive)
         finally:
             with self._lock:
                 self._saving.pop(upload.digest, None)
