@@ -332,7 +332,7 @@ def test_decode_and_encode_overlap_the_fix(env, engine, monkeypatch):
     from ctrlgen.core.engine import scripting
 
     monkeypatch.setattr(batch, "decode", spy("decode", batch.decode))
-    monkeypatch.setattr(batch, "encode", spy("encode", batch.encode))
+    monkeypatch.setattr(batch, "encode_bytes", spy("encode", batch.encode_bytes))
     monkeypatch.setattr(scripting, "fix", spy("fix", scripting.fix))
     options = batch.BatchOptions([PASS], {"model": "tiny-sd15", "steps": 3, "seed": 5})
     manifest = batch.Manifest(env / "m.jsonl")
@@ -374,3 +374,17 @@ def test_other_formats_are_written_as_png_and_a_failed_write_leaves_no_partial(e
     assert "No space left on device" in capsys.readouterr().err
     assert not partial_files(env) and not (env / "full" / "a.png").exists()
     assert not (env / "full" / batch.MANIFEST_NAME).read_text()  # no line: the next run fixes it
+
+
+def test_two_engines_fix_the_folder_to_the_same_pixels(env):
+    make_images(env / "in", 5)
+    assert main(["fix", "in", "--faces", "probe_boxes", "--out", "one", *COMMON]) == 0
+    assert main(["fix", "in", "--faces", "probe_boxes", "--out", "two", "--devices", "cpu,cpu", *COMMON]) == 0
+    names = sorted(p.name for p in (env / "one").glob("*.png"))
+    assert len(names) == 5 and names == sorted(p.name for p in (env / "two").glob("*.png"))
+    for name in names:
+        assert np.array_equal(pixels(env / "one" / name), pixels(env / "two" / name)), name
+    records = manifest_lines(env / "two" / batch.MANIFEST_NAME)
+    assert sorted(Path(r["input"]).name for r in records) == names
+    one = {Path(r["input"]).name: r["detail"] for r in manifest_lines(env / "one" / batch.MANIFEST_NAME)}
+    assert {Path(r["input"]).name: r["detail"] for r in records} == one

@@ -1,15 +1,16 @@
 """``ctrlgen fix INPUT...``: fix passes over files, folders and globs (docs/fixing.md).
 
-The batch itself (outputs, the manifest, resume, overlapped decode/encode) is
-:mod:`ctrlgen.core.engine.batch`; this module reads the options, draws the progress bar and,
-for ``--dry-run``, the contact sheet of what would be fixed.
+What each image goes through is :mod:`ctrlgen.core.engine.batch`; the batch itself (outputs,
+the manifest, resume, overlapped decode/encode, ``--devices``, ``--ray``) is the runner
+``ctrlgen batch`` shares (:mod:`ctrlgen.core.engine.runner`, options from
+:mod:`ctrlgen.core.cli.batch_cli`). This module reads the passes and, for ``--dry-run``, draws
+the contact sheet of what would be fixed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,8 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_fix(args: argparse.Namespace) -> int:
+    from ctrlgen.core.cli.batch_cli import Progress, make_runner
     from ctrlgen.core.engine import batch
-    from ctrlgen.core.engine.engine import Engine
     from ctrlgen.core.errors import JobError
 
     if args.out is None and args.suffix == "" and not args.overwrite:
@@ -77,37 +78,22 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if not args.model:
         raise JobError("--model is missing; give a checkpoint from `ctrlgen models` (or --dry-run to only look)")
     items = batch.plan_outputs(inputs, out_dir, args.suffix, args.overwrite)
-    engine = Engine(device=args.device, precision=args.precision)
-    batch.check_batch(engine, options)
+    engine, runner, make_engine = make_runner(args, args.workers)
+    checked = batch.check_batch(engine, options)
+    # What every Ray node must see: the model folders, the checkpoint, the inputs.
+    node_paths = [str(root.path) for root in engine.store.roots] + [str(checked.checkpoint.path)] + [
+        str(item.source) for item in items] if args.ray else []
     manifest = batch.Manifest(Path(args.manifest) if args.manifest
                               else (out_dir or Path.cwd()) / batch.MANIFEST_NAME)
-    pending = sum(not manifest.done(item) for item in items)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(items), initial=len(items) - pending, unit="image", desc="fixing")
-    counts: dict[str, int] = {}
-
-    def on_record(record: dict[str, Any]) -> None:
-        counts[record["outcome"]] = counts.get(record["outcome"], 0) + 1
-        if bar is not None:
-            bar.update(1)
-        if record["outcome"] == "error":
-            message = f"skipped {record['input']}: {record['error']}"
-            if bar is not None:
-                bar.write(message, file=sys.stderr)
-            else:
-                print(message, file=sys.stderr)
-
+    done_before = sum(manifest.done(item) for item in items)
+    progress = Progress(len(items), done_before, "fixing", "image", args.quiet)
     try:
-        batch.run_batch(engine, items, options, manifest, on_record=on_record)
+        batch.run_batch(engine, items, options, manifest, on_record=progress, runner=runner,
+                        make_engine=make_engine, node_paths=node_paths)
     finally:
         manifest.close()
-        if bar is not None:
-            bar.close()
-    summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "nothing to do"
-    print(f"{len(items)} images: {summary}, {len(items) - pending} done before; manifest {manifest.path}")
+        progress.close()
+    print(f"{len(items)} images: {progress.summary()}, {done_before} done before; manifest {manifest.path}")
     return 0
 
 
@@ -153,11 +139,14 @@ def dry_run(args: argparse.Namespace, inputs: list[tuple[Path, Path]], passes: l
 
 @hookimpl
 def ctrlgen_cli_commands(subparsers) -> None:
+    from ctrlgen.core.cli.batch_cli import add_runner_arguments
+
     parser = subparsers.add_parser(
         "fix", help="fix faces, hands (any fix passes) in image files, folders and globs; resumable",
         description="Run fix passes (docs/fixing.md) on every image given: files, folders (their images) and "
                     "globs. Outputs are written atomically, beside the originals with a suffix or into --out; a "
-                    "JSONL manifest records each image, and running the same command again resumes.")
+                    "JSONL manifest records each image, and running the same command again resumes. --devices "
+                    "runs one engine per device, --ray runs on a Ray cluster (docs/scaling.md).")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob ('photos/**/*.png')")
     parser.add_argument("--model", help="checkpoint from `ctrlgen models` (required unless --dry-run)")
     parser.add_argument("--passes", metavar="FILE.json", help="a JSON list of fix passes (docs/fixing.md's fields)")
@@ -180,14 +169,13 @@ def ctrlgen_cli_commands(subparsers) -> None:
     parser.add_argument("--recursive", action="store_true", help="folders: their sub-folders too")
     parser.add_argument("--manifest", metavar="FILE.jsonl",
                         help="the manifest (default ctrlgen-fix.jsonl: in --out, else in the current folder)")
-    parser.add_argument("--workers", type=int, default=2, help="decode/encode threads beside the engine (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="decode/encode threads beside each engine (default 2)")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true",
                         help="fix nothing: draw what would be fixed on each image into one contact sheet")
     parser.add_argument("--sheet", metavar="OUT.png", help="the --dry-run sheet (default ctrlgen-fix-dry-run.png in "
                                                           "--out or the current folder)")
     parser.add_argument("--cell", type=int, default=192, help="--dry-run sheet cell size in pixels (default 192)")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", default=None, help="auto, float16, bfloat16, float32")
+    add_runner_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=cmd_fix)
 

@@ -1,18 +1,10 @@
-"""Fix passes over many files (``ctrlgen fix``): inputs, outputs, the manifest, resume.
+"""Fix passes over many files (``ctrlgen fix``): inputs, outputs, decode/encode, the fix work.
 
-One image at a time goes through the engine (a ``fix`` job, :mod:`ctrlgen.core.engine.detail`)
-while a small thread pool decodes the next images and a writer thread encodes the previous
-one, so the device never waits for the disk. The order on disk is what makes any interruption
-(``kill -9`` included) safe:
-
-1. the output is written under a hidden partial name (``.NAME.ctrlgen-partial``) beside its
-   final path, then renamed into place (``os.replace``: atomic); a partial file never has the
-   final name;
-2. only then is the image's line appended to the manifest (JSONL, one line per image: its
-   detections, seeds and outcome);
-3. on start, a trailing incomplete manifest line is cut off, leftover partial files are
-   removed, and images whose output exists and whose manifest line is complete are skipped;
-   an image killed between 1 and 2 is fixed again (the same seed gives the same pixels).
+What each image goes through is :class:`FixWork`: decode (on a reader thread), a ``fix`` job
+on an engine (:mod:`ctrlgen.core.engine.detail`), encode keeping the input's PNG text, EXIF and
+ICC profile. Everything else — the manifest, resume after ``kill -9``, atomic outputs,
+decode/encode overlapped with the engine, several devices, Ray — is the batch runner that
+``ctrlgen batch`` shares (:mod:`ctrlgen.core.engine.runner`).
 
 A file that cannot be read as an image gets a manifest line with ``outcome: "error"`` and is
 skipped; it is not tried again on resume.
@@ -20,22 +12,27 @@ skipped; it is not tried again on resume.
 
 from __future__ import annotations
 
-import concurrent.futures
 import glob
+import io
 import json
-import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ctrlgen.core.engine.runner import (
+    PARTIAL_SUFFIX,
+    Manifest,
+    RunnerOptions,
+    partial_path,
+    run_items,
+    write_atomic,
+)
 from ctrlgen.core.errors import CtrlgenError, JobError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-PARTIAL_SUFFIX = ".ctrlgen-partial"
 MANIFEST_NAME = "ctrlgen-fix.jsonl"
 DEFAULT_SUFFIX = "-fixed"
 FIX_TEXT_KEY = "ctrlgen-fix"  # the PNG text chunk (JPEG/WebP: the comment) with the fix's parameters
@@ -50,6 +47,14 @@ class BatchItem:
 
     source: Path
     output: Path
+
+    @property
+    def key(self) -> str:  # the manifest's "input"
+        return str(self.source)
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.output,)
 
 
 def collect_inputs(patterns: list[str], recursive: bool = False) -> list[tuple[Path, Path]]:
@@ -112,60 +117,10 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path | None = None, s
     return items
 
 
-def partial_path(output: Path) -> Path:
-    """The hidden name an output is written under before it is renamed into place."""
-    return output.with_name(f".{output.name}{PARTIAL_SUFFIX}")
-
-
 def _is_partial(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIX)
+    from ctrlgen.core.engine.runner import is_partial
 
-
-# -- the manifest -----------------------------------------------------------------------------------
-
-
-class Manifest:
-    """The JSONL record of a batch: one complete line per image, appended after its output is in
-    place. Opening it cuts off an incomplete last line (the writer was killed mid-line)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict[str, Any]] = {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            data = path.read_bytes()
-            keep = data.rfind(b"\n") + 1
-            if keep != len(data):
-                with open(path, "r+b") as handle:
-                    handle.truncate(keep)
-            for number, line in enumerate(data[:keep].splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    record = None
-                if not isinstance(record, dict) or "input" not in record:
-                    raise JobError(f"manifest {path} line {number} is not a ctrlgen fix record; give another "
-                                   "--manifest, or move the file away to start the batch afresh")
-                self.records[record["input"]] = record
-        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-
-    def done(self, item: BatchItem) -> bool:
-        """Whether ``item`` needs no more work: its line is there and (unless it was a bad file)
-        its output too."""
-        record = self.records.get(str(item.source))
-        if record is None:
-            return False
-        return record.get("outcome") == "error" or item.output.exists()
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
-        self._handle.flush()
-        self.records[record["input"]] = record
-
-    def close(self) -> None:
-        self._handle.close()
+    return is_partial(path)
 
 
 # -- reading and writing one image ------------------------------------------------------------------
@@ -194,13 +149,11 @@ def decode(path: Path) -> Decoded:
         return Decoded(pixels, image.format or "PNG", text, image.info.get("exif"), image.info.get("icc_profile"))
 
 
-def encode(image: Any, decoded: Decoded, output: Path, fix_parameters: dict[str, Any]) -> None:
-    """Write ``image`` to ``output`` atomically (partial name, then rename) in the format its
-    extension names, keeping the input's PNG text chunks and EXIF and adding the fix's parameters."""
+def encode_bytes(image: Any, decoded: Decoded, output: Path, fix_parameters: dict[str, Any]) -> bytes:
+    """``image`` encoded in the format ``output``'s extension names, keeping the input's PNG
+    text chunks, EXIF and ICC profile and adding the fix's parameters."""
     from PIL.PngImagePlugin import PngInfo
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(output)
     fix_text = json.dumps(fix_parameters, sort_keys=True)
     options: dict[str, Any] = {}
     if decoded.exif:
@@ -224,14 +177,18 @@ def encode(image: Any, decoded: Decoded, output: Path, fix_parameters: dict[str,
                 info.add_text(key, value)
         info.add_text(FIX_TEXT_KEY, fix_text)
         options["pnginfo"] = info
+    buffer = io.BytesIO()
     try:
-        with open(partial, "wb") as handle:
-            image.save(handle, format=fmt, **options)
-        os.replace(partial, output)
+        image.save(buffer, format=fmt, **options)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise CtrlgenError(f"cannot write {output}: {exc.strerror or exc}; check the free space and permissions "
                            f"of {output.parent} (running the command again resumes)") from None
+    return buffer.getvalue()
+
+
+def encode(image: Any, decoded: Decoded, output: Path, fix_parameters: dict[str, Any]) -> None:
+    """Write ``image`` to ``output`` atomically (partial name, then rename); see :func:`encode_bytes`."""
+    write_atomic(output, encode_bytes(image, decoded, output, fix_parameters))
 
 
 # -- the batch ---------------------------------------------------------------------------------------
@@ -243,19 +200,19 @@ class BatchOptions:
 
     passes: list[dict[str, Any]]
     job: dict[str, Any]
-    workers: int = 2  # decode/encode threads beside the engine
+    workers: int = 2  # decode/encode threads beside each engine
 
 
-def check_batch(engine: Any, options: BatchOptions) -> None:
+def check_batch(engine: Any, options: BatchOptions) -> Any:
     """Everything about the jobs that needs no weights and no input (model, detectors, params),
-    checked once before the batch starts, on a stand-in image."""
+    checked once before the batch starts, on a stand-in image; returns the checked job."""
     from ctrlgen.core.engine.jobs import parse_job
 
     if not options.passes:
         raise JobError("no fix passes: give --faces, --hands or --passes FILE.json")
     stand_in = np.zeros((64, 64, 3), np.uint8)
     job = parse_job({**options.job, "task": "fix", "image": "ctrlgen-batch:check", "detail": options.passes})
-    engine.check(job, lambda ref, what: stand_in)
+    return engine.check(job, lambda ref, what: stand_in)
 
 
 def fix_parameters(options: BatchOptions, record: dict[str, Any]) -> dict[str, Any]:
@@ -263,90 +220,44 @@ def fix_parameters(options: BatchOptions, record: dict[str, Any]) -> dict[str, A
             "detail": options.passes, "source": Path(record["input"]).name}
 
 
+@dataclass
+class FixWork:
+    """The runner's work for ``ctrlgen fix`` (:class:`ctrlgen.core.engine.runner.Work`): decode,
+    a ``fix`` job, encode beside or apart from the original."""
+
+    options: BatchOptions
+
+    def record(self, item: BatchItem) -> dict[str, Any]:
+        return {"input": str(item.source), "output": str(item.output)}
+
+    def failed(self, item: BatchItem, error: str) -> dict[str, Any]:
+        return {"outcome": "error", "error": error, "seed": None, "detail": []}
+
+    def load(self, item: BatchItem) -> Decoded:
+        return decode(item.source)
+
+    def run(self, engine: Any, item: BatchItem, loaded: Decoded, cancel: Any) -> tuple[dict[str, Any], Any]:
+        from ctrlgen.core.engine import scripting
+
+        result = scripting.fix(loaded.pixels, self.options.passes, engine=engine, cancel=cancel, **self.options.job)
+        detail = result.data[0]["detail"]
+        repainted = sum(len(p["repainted"]) for p in detail)
+        return {"outcome": "fixed" if repainted else "nothing found", "seed": result.seeds[0], "detail": detail}, result
+
+    def encode(self, item: BatchItem, loaded: Decoded, result: Any, record: dict[str, Any]) -> list[bytes]:
+        return [encode_bytes(result.images[0], loaded, item.output, fix_parameters(self.options, record))]
+
+
 def run_batch(engine: Any, items: list[BatchItem], options: BatchOptions, manifest: Manifest,
-              on_record: Callable[[dict[str, Any]], None] | None = None,
-              cancel: Any = None) -> list[dict[str, Any]]:
-    """Fix each item not yet done; returns the new manifest records in input order.
-    ``on_record`` is called (on the writer thread) after each line is written."""
-    from ctrlgen.core.engine.scripting import fix
-
-    # 1. Clean up what a killed run left: partial files beside the outputs.
-    for item in items:
-        partial = partial_path(item.output)
-        if partial.exists():
-            partial.unlink()
-    pending = [item for item in items if not manifest.done(item)]
-    records: list[dict[str, Any]] = []
-
-    def write(item: BatchItem, decoded: Decoded, result: Any, record: dict[str, Any]) -> None:
-        if result is not None:
-            encode(result.images[0], decoded, item.output, fix_parameters(options, record))
-        manifest.append(record)  # after the rename: a complete line means the output is in place
-        records.append(record)
-        if on_record is not None:
-            on_record(record)
-
-    # 2. Decode ahead on a small pool, write behind on one thread (lines stay in order).
-    readers = concurrent.futures.ThreadPoolExecutor(max(1, options.workers), thread_name_prefix="ctrlgen-decode")
-    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ctrlgen-encode")
-    ahead = max(2, options.workers + 1)
-    try:
-        decoding = _prefetch(readers, pending, ahead)
-        writes: list[concurrent.futures.Future] = []
-        for item, future in decoding:
-            if cancel is not None and cancel.is_set():
-                break
-            record: dict[str, Any] = {"input": str(item.source), "output": str(item.output)}
-            started = time.perf_counter()
-            try:
-                decoded = future.result()
-            except CtrlgenError as exc:
-                record.update(outcome="error", error=str(exc), seed=None, detail=[])
-                writes.append(writer.submit(write, item, None, None, record))
-                continue
-            # 3. The fix itself, on this thread: the engine (and the device) stays busy.
-            try:
-                result = fix(decoded.pixels, options.passes, engine=engine, cancel=cancel, **options.job)
-            except JobError as exc:  # something about this image (its size, its pixels)
-                record.update(outcome="error", error=str(exc), seed=None, detail=[])
-                writes.append(writer.submit(write, item, None, None, record))
-                continue
-            detail = result.data[0]["detail"]
-            repainted = sum(len(p["repainted"]) for p in detail)
-            record.update(outcome="fixed" if repainted else "nothing found", seed=result.seeds[0], detail=detail,
-                          seconds=round(time.perf_counter() - started, 3))
-            writes.append(writer.submit(write, item, decoded, result, record))
-            writes = _settle(writes, limit=ahead)
-        for pending_write in writes:
-            pending_write.result()
-    finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True)
-    return records
-
-
-def _settle(writes: list[concurrent.futures.Future], limit: int) -> list[concurrent.futures.Future]:
-    """The writes still running; a finished one's error is raised here, and past ``limit``
-    queued writes the oldest is waited for (memory stays bounded when the disk is slow)."""
-    while len(writes) > limit:
-        writes.pop(0).result()
-    running = []
-    for future in writes:
-        if future.done():
-            future.result()
-        else:
-            running.append(future)
-    return running
-
-
-def _prefetch(pool: concurrent.futures.Executor, items: list[BatchItem],
-              ahead: int) -> Iterator[tuple[BatchItem, concurrent.futures.Future]]:
-    """``(item, future of its Decoded)`` in order, keeping ``ahead`` decodes in flight."""
-    futures: list[concurrent.futures.Future] = []
-    for index, item in enumerate(items):
-        while len(futures) < min(ahead, len(items) - index):
-            futures.append(pool.submit(decode, items[index + len(futures)].source))
-        yield item, futures.pop(0)
+              on_record: Callable[[dict[str, Any]], None] | None = None, cancel: Any = None,
+              runner: RunnerOptions | None = None, make_engine: Callable[[str], Any] | None = None,
+              node_paths: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Fix each item not yet done; returns the new manifest records in the order they were
+    written. ``on_record`` is called after each line is written. ``runner`` says where the
+    engines are (default: ``engine`` here; see :class:`~ctrlgen.core.engine.runner.RunnerOptions`)."""
+    runner = runner or RunnerOptions(io_threads=options.workers)
+    return run_items(FixWork(options), items, manifest, engine=engine, make_engine=make_engine, options=runner,
+                     on_record=on_record, cancel=cancel, node_paths=node_paths)
 
 
 # -- what would be fixed (--dry-run) ----------------------------------------------------------------
@@ -370,5 +281,6 @@ def plan_image(pixels: np.ndarray, passes: list[dict[str, Any]]) -> list[tuple[l
     return planned
 
 
-__all__ = ["BatchItem", "BatchOptions", "Decoded", "Manifest", "check_batch", "collect_inputs", "decode", "encode",
-           "partial_path", "plan_image", "plan_outputs", "run_batch"]
+__all__ = ["PARTIAL_SUFFIX", "BatchItem", "BatchOptions", "Decoded", "FixWork", "Manifest", "check_batch",
+           "collect_inputs", "decode", "encode", "encode_bytes", "partial_path", "plan_image", "plan_outputs",
+           "run_batch"]
