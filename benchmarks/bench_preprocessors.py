@@ -72,6 +72,18 @@ def make_direct_mediapipe():
     return run
 
 
+def make_direct_face_mesh():
+    from mediapipe.python.solutions import face_mesh
+
+    model = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                               min_detection_confidence=0.5)
+
+    def run(image):
+        return model.process(image)
+
+    return run
+
+
 CASES = [
     # (preprocessor, params for ctrlgen, direct-call factory)
     ("canny", {}, lambda: direct_canny),
@@ -79,6 +91,11 @@ CASES = [
     ("lineart_standard", {"detect_resolution": 0}, make_direct_lineart),
     # one person: the same Pose + Hands + FaceMesh calls the direct baseline makes
     ("mediapipe_openpose", {"detect_resolution": 0, "max_people": 1}, make_direct_mediapipe),
+    # the default (up to 6 people: the face detector on the image and its tiles finds the others)
+    # against the same single-person calls: what the search for more people costs
+    ("mediapipe_openpose", {"detect_resolution": 0}, make_direct_mediapipe),
+    # the face mesh drawn at the input's size against the FaceMesh call it wraps
+    ("mediapipe_face", {"detect_resolution": 0}, make_direct_face_mesh),
 ]
 
 
@@ -106,7 +123,8 @@ def main(argv=None) -> list[dict]:
             first = time.perf_counter() - start
             second, baseline = paired_medians(partial(preprocess, name, image, **params), partial(direct, image),
                                               repeat=args.repeat)
-            rows.append({"preprocessor": name, "size": f"{size}²", "ctrlgen_s": second, "direct_s": baseline,
+            rows.append({"preprocessor": name, "params": ",".join(f"{k}={v}" for k, v in params.items()) or "-",
+                         "size": f"{size}²", "ctrlgen_s": second, "direct_s": baseline,
                          "ratio": second / baseline, "first_call_s": first, "second/first": second / first})
     report("Preprocessors (median seconds; ratio = ctrlgen / direct call, target <= 1.10)", rows, args.json)
     return rows

@@ -130,10 +130,13 @@ def test_inpaint_unit_takes_no_image_of_its_own(engine, files):
 
 
 def test_other_units_maps_follow_the_only_masked_crop_and_the_outpainted_canvas(engine, files):
-    """A canny unit in an only-masked job sees the crop of its map that is repainted; in an
-    outpaint job its map covers the original picture at its place on the bigger canvas."""
+    """A canny unit in an only-masked job runs on the region that is repainted (as
+    sd-webui-controlnet crops the control image before preprocessing), not on the whole
+    picture; in an outpaint job its map covers the original picture at its place on the bigger
+    canvas."""
     from ctrlgen.core.engine.jobs import parse_job
     from ctrlgen.core.engine.masks import masked_region, prepare_mask
+    from ctrlgen.core.engine.preprocess import preprocess
 
     canny = [{"model": "tiny-controlnet-sd15", "preprocessor": "canny"}]
     base = _job(files) | {"control": canny}
@@ -142,7 +145,8 @@ def test_other_units_maps_follow_the_only_masked_crop_and_the_outpainted_canvas(
     region = masked_region(prepare_mask(files["raw"], 0, False), 4, aspect=1.0)
     assert whole.control_maps[0].shape[:2] == (64, 64)
     assert cropped.control_maps[0].shape[:2] == (region.height, region.width)
-    assert np.array_equal(cropped.control_maps[0], region.crop(whole.control_maps[0]))
+    assert np.array_equal(cropped.control_maps[0], preprocess("canny", region.crop(files["picture"])).image)
+    assert not np.array_equal(cropped.control_maps[0], region.crop(whole.control_maps[0]))  # not a crop of it
 
     outpaint = {k: v for k, v in base.items() if k != "mask"} | {"outpaint": {"right": 32}, "width": 96}
     expanded = engine.run(parse_job(outpaint))

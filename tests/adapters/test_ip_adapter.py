@@ -337,3 +337,49 @@ def test_real_sd15_ip_adapter_job_on_gpu(pictures):
         )
     )
     assert result.images[0].size == (512, 512)
+
+
+def test_weights_are_cached_per_engine_by_file_and_the_pipeline_stays_clean(tiny_model_root, ip_models, pictures,
+                                                                             monkeypatch, tmp_path):
+    """A second job with the same IP-Adapter file neither reads it nor runs diffusers' loader
+    again, gives the same pixels, and leaves the cached pipeline as it found it; rewriting the
+    file (new mtime and size) loads it again."""
+    import os
+    import shutil
+
+    from diffusers.loaders import IPAdapterMixin
+
+    from ctrlgen.adapters.ip_adapter import attach
+
+    copy = tmp_path / "mine.safetensors"
+    shutil.copyfile(ip_models.ip_adapters["tiny-ip-adapter-plus_sd15"], copy)
+    fresh = Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
+    reads, loads = [], []
+    monkeypatch.setattr(attach, "read_ip_adapter", _counting(attach.read_ip_adapter, reads))
+    monkeypatch.setattr(IPAdapterMixin, "load_ip_adapter", _counting(IPAdapterMixin.load_ip_adapter, loads))
+    use = {"type": "ip_adapter", "model": str(copy), "image": pictures["face"], "scale": 0.8}
+
+    first = run(fresh, [use])
+    base = next(iter(fresh._pipelines.values()))
+    clean = pipeline_fingerprint(base)
+    second = run(fresh, [use])
+    assert (len(reads), len(loads)) == (1, 1)
+    assert np.array_equal(first, second)
+    assert pipeline_fingerprint(base) == clean
+    assert np.array_equal(run(fresh), plain(fresh))  # no trace of it in a plain job
+    third = run(fresh, [{**use, "scale": 0.3}])  # the cached processors take each job's scale
+    assert not np.array_equal(third, first) and (len(reads), len(loads)) == (1, 1)
+
+    shutil.copyfile(ip_models.ip_adapters["tiny-ip-adapter-plus_sd15"], copy)  # written again: a new mtime
+    os.utime(copy, ns=(os.stat(copy).st_mtime_ns + 10**9,) * 2)
+    assert np.array_equal(run(fresh, [use]), first)
+    assert (len(reads), len(loads)) == (2, 2)
+    fresh.unload()
+    assert not fresh._adapter_cache
+
+
+def _counting(function, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+    return counted

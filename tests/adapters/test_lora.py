@@ -208,3 +208,28 @@ def test_tags_work_without_listing_the_adapter(engine):
     unlisted = run(engine, prompt="a cat <lora:tiny-lora-sd15:0.8>")
     assert np.array_equal(unlisted, listed)
     assert not np.array_equal(unlisted, run(engine))
+
+
+def test_files_are_read_once_per_engine_and_each_job_is_the_same(addon_model_root, monkeypatch):
+    """The LoRA's file is read once per engine (kohya and PEFT layouts, whose keys diffusers'
+    converters pop and rename); the second job gives the first's pixels."""
+    import ctrlgen.core.models.identify as identify
+    from ctrlgen.core.plugins.specs import ModelRoot
+
+    fresh = Engine(store=ModelStore([ModelRoot(addon_model_root.root)]), device="cpu")
+    reads = []
+    original = identify.load_state_dict
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(identify, "load_state_dict", counted)
+    uses = [lora("tiny-lora-sd15", weight=0.7), lora("tiny-lora-sd15-peft", text_encoder_weight=0.3)]
+    first = image_of(fresh.run(job(adapters=uses)))
+    lora_reads = [p for p in reads if "lora" in p.lower()]
+    assert len(lora_reads) == 2
+    second = image_of(fresh.run(job(adapters=uses)))
+    assert np.array_equal(first, second)
+    assert [p for p in reads if "lora" in p.lower()] == lora_reads
+    assert not np.array_equal(first, run(fresh))

@@ -64,3 +64,17 @@ def test_no_face_gives_a_black_map():
     flat = np.full((128, 128, 3), 90, np.uint8)
     result = preprocess("mediapipe_face", flat)
     assert not result.image.any() and result.data == {"faces": []}
+
+
+def test_a_resized_map_is_controlnet_aux_drawing_at_the_detection_size_brought_back(astronaut):
+    """Drawn in RGB directly (no flipped copy of the canvas): the same pixels as drawing
+    controlnet_aux's way (BGR, then flipped) at the detection size and resizing back."""
+    from controlnet_aux.mediapipe_face.mediapipe_face_common import generate_annotation
+
+    from ctrlgen.core.images import resize
+
+    big = resize(astronaut, 1024, 768)
+    at_detection = generate_annotation(resize(big, 512, 384), 1, 0.5)
+    result = preprocess("mediapipe_face", big, detect_resolution=384, max_faces=1, min_confidence=0.5)
+    assert result.image.flags.c_contiguous
+    assert np.array_equal(result.image, resize(at_detection, 1024, 768))

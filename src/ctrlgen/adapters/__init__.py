@@ -12,6 +12,8 @@ One module per adapter; an adapter with helper modules is a package named after 
 - ``reference/`` — reference-only: ``hooks.py`` (write/read passes), ``layers.py`` (attention, AdaIN).
 - ``lora/`` — LoRA: ``loading.py`` (prompt tags, PEFT adapter bookkeeping).
 - ``embeddings.py`` — textual-inversion embeddings.
+- ``layerdiffuse/`` — LayerDiffuse transparent layers: ``weights.py`` (modes, files), ``patches.py``
+  (SDXL patches), ``sharing.py`` (SD1.5 attention processors), ``decoder.py`` (transparent VAE decoder).
 
 Adapters import ``ctrlgen.core`` (and preprocessors' helpers); never ``host_bridges``.
 """

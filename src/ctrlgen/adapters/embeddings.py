@@ -44,8 +44,14 @@ def _vectors(context, entries) -> dict[str, object] | None:
     pipe = context.pipeline
     widths = {name: getattr(pipe, name).get_input_embeddings().embedding_dim
               for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None}
+    engine, allow_pickle = getattr(context, "engine", None), context.store.allow_pickle
     for entry in entries:
-        tensors = load_state_dict(entry.path, allow_pickle=context.store.allow_pickle)
+        def read(path=entry.path):
+            return load_state_dict(path, allow_pickle=allow_pickle)
+
+        # Read once per engine and file (path, mtime, size); the vectors are only read from.
+        tensors = engine.load_file(entry.path, f"embedding:{allow_pickle}", read) if hasattr(engine, "load_file") \
+            else read()
         if "clip_l" in tensors and "clip_g" in tensors:
             found = {"text_encoder": tensors["clip_l"], "text_encoder_2": tensors["clip_g"]}
         else:

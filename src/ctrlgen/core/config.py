@@ -8,6 +8,7 @@ Precedence, highest first: environment variables, ``config.toml``, defaults.
     allow_pickle = false          # load .ckpt/.pt/.bin only as weights_only
     device = "auto"               # auto, cuda, cuda:1, mps, cpu
     hf_cache = true               # also scan the Hugging Face cache
+    threads = 2                   # CPU threads for torch and OpenCV (0: their default); CTRLGEN_THREADS
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Settings:
     memory: str = "auto"
     vae_tiling: str = "auto"
     hf_cache: bool = True
+    threads: int | None = None  # CPU threads for torch and OpenCV (None: their default; ctrlgen.core.threads)
     source: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -85,7 +87,7 @@ def load_settings() -> Settings:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise CtrlgenError(f"{path} is not valid TOML ({exc}); fix or delete it") from None
-    known = ("model_roots", "allow_pickle", "device", "precision", "memory", "vae_tiling", "hf_cache")
+    known = ("model_roots", "allow_pickle", "device", "precision", "memory", "vae_tiling", "hf_cache", "threads")
     unknown = set(data) - set(known)
     if unknown:
         raise CtrlgenError(
@@ -101,6 +103,12 @@ def load_settings() -> Settings:
         roots = [r for r in env_roots.split(os.pathsep) if r.strip()] + list(roots)
     allow_pickle = _env_flag("CTRLGEN_ALLOW_PICKLE")
     hf_cache = _env_flag("CTRLGEN_HF_CACHE")
+    from .threads import parse_threads
+
+    if os.environ.get("CTRLGEN_THREADS", "").strip():
+        threads = parse_threads(os.environ["CTRLGEN_THREADS"], "CTRLGEN_THREADS")
+    else:
+        threads = parse_threads(data.get("threads"), f"{path}: threads")
     return Settings(
         model_roots=tuple(Path(r).expanduser() for r in roots),
         allow_pickle=bool(data.get("allow_pickle", False)) if allow_pickle is None else allow_pickle,
@@ -109,5 +117,6 @@ def load_settings() -> Settings:
         memory=os.environ.get("CTRLGEN_MEMORY") or str(data.get("memory", "auto")),
         vae_tiling=os.environ.get("CTRLGEN_VAE_TILING") or str(data.get("vae_tiling", "auto")),
         hf_cache=bool(data.get("hf_cache", True)) if hf_cache is None else hf_cache,
+        threads=threads,
         source={"config_file": str(path)},
     )

@@ -110,6 +110,12 @@ def encoded_prompts(monkeypatch):
         return original(pipeline, prompt, negative_prompt, *args, **kwargs)
 
     monkeypatch.setattr(conditioning, "plan_prompts", spy)
+    import importlib.util
+
+    if importlib.util.find_spec("ctrlgen.core.engine.composition") is not None:  # it binds plan_prompts on import
+        from ctrlgen.core.engine import composition
+
+        monkeypatch.setattr(composition, "plan_prompts", spy)
     return seen
 
 
@@ -125,6 +131,18 @@ def test_pixels_outside_the_feathered_masks_are_bit_identical(engine, photo, sea
     assert result.images[0].size == (SIZE, SIZE)
 
 
+def test_the_changed_box_bounds_every_repaint(engine, photo):
+    """A fix job's ``changed_box`` is the union of its repaints' (each pasted back as a region):
+    every changed pixel is inside, and it reaches no further than the feathered masks."""
+    result = fix(engine, photo, a_pass())
+    x0, y0, x1, y1 = result.changed_box
+    ys, xs = np.nonzero(changed(result, photo))
+    assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
+    ys, xs = np.nonzero(sum(feather(mask, 4.0) for mask in pass_masks(photo)) > 0)
+    assert xs.min() <= x0 and ys.min() <= y0 and x1 <= xs.max() + 1 and y1 <= ys.max() + 1
+    assert result.offset == (0, 0)
+
+
 def test_a_generation_job_with_a_post_pass_changes_only_the_masks(engine, photo):
     job = {"model": "tiny-sd15", "prompt": "a cat", "seed": 5, "steps": 4, "width": SIZE, "height": SIZE}
     plain = np.asarray(engine.run(parse_job(job)).images[0])
@@ -134,6 +152,7 @@ def test_a_generation_job_with_a_post_pass_changes_only_the_masks(engine, photo)
     assert (out != plain).any(axis=2)[alpha > 0].any()
     assert np.array_equal(out[alpha == 0], plain[alpha == 0])
     assert fixed.data[0]["detail"][0]["repainted"][0]["seed"] == 5
+    assert fixed.changed_box is None  # a new image: all of it is new
 
 
 def test_fix_accepts_a_path_a_pil_image_and_an_array(engine, photo, tmp_path):

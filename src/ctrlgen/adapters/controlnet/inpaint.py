@@ -40,8 +40,8 @@ def control_images(context, units, union_kind: bool) -> list[Any]:
 
     frame = getattr(context, "inpaint_frame", None)
     if frame is not None:  # maps over the picture -> the outpainted canvas / the only-masked crop
-        for unit in units:
-            if not is_inpaint_preprocessor(unit.preprocessor):
+        for unit in units:  # (maps the engine made from the region itself are cropped already)
+            if not is_inpaint_preprocessor(unit.preprocessor) and not getattr(unit, "in_region", False):
                 unit.control_image = frame.to_region(unit.control_image)
     modes = [context.job.control[unit.index].resize_mode for unit in units]
     images = fit_control(units, context.width, context.height, modes)

@@ -162,7 +162,7 @@ def attach_instantid(context, uses):
         attach_ip_uses,
         cfg_layout,
         projection_kind,
-        read_ip_adapter,
+        read_ip_adapter_cached,
     )
     from ctrlgen.adapters.ip_adapter.face import analyze_face, detect_faces
     from ctrlgen.adapters.ip_adapter.prepare import check_fits_unet
@@ -172,7 +172,7 @@ def attach_instantid(context, uses):
     params = _one_use(label, uses)
     store, device = context.store, context.device
     entry = store.find(params["model"], category=("ipadapter",))
-    state = read_ip_adapter(entry.path, store.allow_pickle, device)
+    state = read_ip_adapter_cached(context.engine, entry.path, store.allow_pickle, device)
     if projection_kind(state) != "face_resampler":
         raise JobError(
             f"{label}.model {params['model']!r} ({entry.path}) is not InstantID's IP-Adapter (a Resampler "
@@ -204,7 +204,9 @@ def attach_instantid(context, uses):
 
     embedding = torch.from_numpy(np.asarray(face.embedding, np.float32)).reshape(1, 1, -1)
     embeds = cfg_layout(context, embedding, torch.zeros_like(embedding))
-    use = IPUse(label, state, embeds, params["ip_adapter_scale"])
+    from ctrlgen.core.engine.engine import file_signature
+
+    use = IPUse(label, state, embeds, params["ip_adapter_scale"], source=file_signature(entry.path))
     with contextlib.ExitStack() as stack:
         stack.enter_context(
             with_identitynet(

@@ -45,6 +45,9 @@ class IPUse:
     layer_scales: dict[str, float] | None = None
     mask: Any = None
     prepare: Callable[[Any], None] | None = None
+    # The weights file's identity (``file_signature``): uses with one let the engine keep what the
+    # loader built for them (None: loaded every job).
+    source: Any = None
 
     def scale_for(self, processor_name: str) -> float:
         if self.layer_scales is None:
@@ -55,6 +58,12 @@ class IPUse:
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+def read_ip_adapter_cached(engine: Any, path: Path, allow_pickle: bool, device: str) -> dict[str, dict[str, Any]]:
+    """:func:`read_ip_adapter`, kept by ``engine`` per file (path, mtime, size) across jobs."""
+    return engine.load_file(path, f"ip_adapter:{device}:{allow_pickle}",
+                            lambda: read_ip_adapter(path, allow_pickle, device))
 
 
 def read_ip_adapter(path: Path, allow_pickle: bool, device: str) -> dict[str, dict[str, Any]]:
@@ -170,13 +179,7 @@ def attach_ip_uses(context: Any, uses: list[IPUse]) -> Iterator[list[Any]]:
     }
     try:
         stack[:] = entries
-        with _quiet("diffusers.loaders.ip_adapter"):
-            pipe.load_ip_adapter(
-                [e.state_dict for e in entries],
-                subfolder="",
-                weight_name=[""] * len(entries),
-                image_encoder_folder=None,
-            )
+        _load(context, pipe, entries)
         processors = {}
         for name, processor in unet.attn_processors.items():
             if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
@@ -206,6 +209,46 @@ def attach_ip_uses(context: Any, uses: list[IPUse]) -> Iterator[list[Any]]:
                 context.call_kwargs.pop(key, None)
             else:
                 context.call_kwargs[key] = value
+
+
+def _load(context: Any, pipe: Any, entries: list[IPUse]) -> None:
+    """``entries`` into ``pipe``'s UNet with diffusers' loader — or, when this engine loaded the
+    same files into the same UNet before, the IP processors and image projection it built then
+    (the loader converts every tensor again and builds new modules each time). A file changed
+    on disk (mtime, size) is loaded again."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
+
+    unet = pipe.unet
+    engine = getattr(context, "engine", None)
+    sources = tuple(entry.source for entry in entries)
+    if engine is None or not hasattr(engine, "cached") or any(source is None for source in sources):
+        _run_loader(pipe, entries)
+        return
+
+    def build() -> tuple[Any, dict[str, Any], Any]:
+        _run_loader(pipe, entries)
+        built = {name: processor for name, processor in unet.attn_processors.items()
+                 if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0))}
+        return unet, built, unet.encoder_hid_proj  # (the UNet: kept alive, so its id stays its own)
+
+    key = ("ip_adapter:loaded", id(unet), tuple(source[0] for source in sources))
+    _, built, projection = engine.cached(key, sources, build)
+    if unet.encoder_hid_proj is projection:
+        return  # built just now
+    unet.encoder_hid_proj = projection
+    unet.config.__dict__["encoder_hid_dim_type"] = "ip_image_proj"
+    current = unet.attn_processors  # (with the projection's own attention layers)
+    unet.set_attn_processor({name: built.get(name, processor) for name, processor in current.items()})
+
+
+def _run_loader(pipe: Any, entries: list[IPUse]) -> None:
+    with _quiet("diffusers.loaders.ip_adapter"):
+        pipe.load_ip_adapter(
+            [e.state_dict for e in entries],
+            subfolder="",
+            weight_name=[""] * len(entries),
+            image_encoder_folder=None,
+        )
 
 
 def guided(context: Any) -> bool:

@@ -141,7 +141,8 @@ def prepare_use(context: Any, params: dict[str, Any], label: str):
     """An :class:`~ctrlgen.adapters.ip_adapter.attach.IPUse` for one validated use (loads weights, encodes images)."""
     from PIL import Image
 
-    from ctrlgen.adapters.ip_adapter.attach import IPUse, projection_kind, read_ip_adapter
+    from ctrlgen.adapters.ip_adapter.attach import IPUse, projection_kind, read_ip_adapter_cached
+    from ctrlgen.core.engine.engine import file_signature
 
     store = context.store
     entry = store.find(params["model"], category=("ipadapter",))
@@ -149,7 +150,7 @@ def prepare_use(context: Any, params: dict[str, Any], label: str):
         raise JobError(
             f"{label}.model {params['model']!r} ({entry.path}) is a {entry.identity.kind}, not an IP-Adapter"
         )
-    state = read_ip_adapter(entry.path, store.allow_pickle, context.device)
+    state = read_ip_adapter_cached(context.engine, entry.path, store.allow_pickle, context.device)
     kind = projection_kind(state)
     if kind == "face_resampler":
         raise JobError(
@@ -166,4 +167,4 @@ def prepare_use(context: Any, params: dict[str, Any], label: str):
         params["block_preset"], params["block_scales"], context.pipeline.unet, context.architecture, label
     )
     mask = read_mask(context, params["mask"], len(images), label) if params["mask"] else None
-    return IPUse(label, state, embeds, params["scale"], factors, mask, prepare)
+    return IPUse(label, state, embeds, params["scale"], factors, mask, prepare, source=file_signature(entry.path))

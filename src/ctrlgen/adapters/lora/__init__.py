@@ -63,10 +63,16 @@ def _entry(context, request):
 
 
 def _state_dict(context, request):
+    """The LoRA's tensors, read once per engine and file (path, mtime, size); each job gets its own
+    dict over them (diffusers' converters pop and rename keys of the dict they are given)."""
     from ctrlgen.core.models.identify import load_state_dict
 
     entry = _entry(context, request)
-    return load_state_dict(entry.path, allow_pickle=context.store.allow_pickle)
+    allow_pickle = context.store.allow_pickle
+    read = lambda: load_state_dict(entry.path, allow_pickle=allow_pickle)  # noqa: E731
+    engine = getattr(context, "engine", None)
+    return dict(engine.load_file(entry.path, f"lora:{allow_pickle}", read) if hasattr(engine, "load_file")
+                else read())
 
 
 def check_lora(context, uses):

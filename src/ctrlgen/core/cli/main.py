@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Controllable generation (ControlNet, preprocessors, adapters) for image editors.",
     )
     parser.add_argument("--version", action="version", version=f"ctrlgen {__version__}")
+    parser.add_argument("--threads", type=_thread_count, default=None, metavar="N",
+                        help="CPU threads for torch and OpenCV in every subcommand, serve included "
+                             "(default: CTRLGEN_THREADS, `threads` in config.toml, else the libraries' own)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list plugins, their hooks and what they provide")
@@ -249,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-dir", help="print ctrlgen's configuration folder")
     p.set_defaults(func=cmd_config_dir)
 
+    from ctrlgen.core.cli.batch_cli import add_batch_command
+
+    add_batch_command(sub)
+
     # Plugins add their commands (serve, client, install and render-pose are built-in
     # plugins); each imports nothing heavy until its command runs. They are asked in load
     # order, built-ins first, so a third-party plugin cannot take a built-in command's name:
@@ -260,6 +267,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _thread_count(value: str) -> int:
+    from ctrlgen.core.threads import parse_threads
+
+    try:
+        count = parse_threads(value, "--threads")
+    except CtrlgenError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return count or 0
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """``--threads``, else the setting (env, config.toml), for this process and what it starts."""
+    import os
+
+    from ctrlgen.core.threads import apply_threads
+
+    count = getattr(args, "threads", None)
+    if count:
+        os.environ["CTRLGEN_THREADS"] = str(count)  # Engines made later (serve's) read the setting
+    else:
+        from ctrlgen.core.config import load_settings
+
+        try:
+            count = load_settings().threads
+        except CtrlgenError:  # a broken config.toml: the commands that read it say so themselves
+            return
+    apply_threads(count)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -268,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         from ctrlgen.core.plugins.manager import startup
+
+        _apply_threads(args)
 
         if args.command != "plugins":
             startup()

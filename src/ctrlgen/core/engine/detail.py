@@ -57,7 +57,7 @@ def check_passes(engine: Any, job: Any, images: Callable[[str, str], np.ndarray]
     if picture is None:  # the generated picture does not exist yet
         picture = np.zeros((job.height, job.width, 3), np.uint8)
     probe_mask = np.zeros(picture.shape[:2], np.uint8)
-    probe_mask[: max(1, picture.shape[0] // 2), : max(1, picture.shape[1] // 2)] = 255
+    probe_mask[: min(64, max(1, picture.shape[0] // 2)), : min(64, max(1, picture.shape[1] // 2))] = 255
     for index, detail_pass in enumerate(job.detail):
         owner = f"detail[{index}]"
         spec = detector_spec(detail_pass.detector, owner)
@@ -385,13 +385,15 @@ class PassRecord:
 
 
 def run_passes(engine: Any, job: Any, picture: np.ndarray, seed: int, job_id: str, emit: Callable[..., None],
-               cancel: Any, images: Any, preview_every: int, image_index: int = 0) -> tuple[np.ndarray, list]:
+               cancel: Any, images: Any, preview_every: int, image_index: int = 0,
+               changed: list[tuple[int, int, int, int]] | None = None) -> tuple[np.ndarray, list]:
     """Every pass of ``job.detail`` on ``picture`` (uint8 RGB or RGBA), in order; the fixed
-    picture and a :class:`PassRecord` per pass."""
+    picture and a :class:`PassRecord` per pass. Each repaint's changed box goes to ``changed``."""
     from ctrlgen.core.errors import CancelledError
     from ctrlgen.core.images import to_rgb
 
     records = []
+    picture = np.array(picture)  # this function's own copy: repaints are pasted into it
     for pass_index, detail_pass in enumerate(job.detail):
         owner = f"detail[{pass_index}]"
         if cancel is not None and cancel.is_set():
@@ -426,7 +428,7 @@ def run_passes(engine: Any, job: Any, picture: np.ndarray, seed: int, job_id: st
                 picture = repaint(engine, job, detail_pass, picture, mask, hands=hands, prompt=prompts[index],
                                   negative_prompt=negatives[index] or "", seed=detection_seed, denoise=denoise,
                                   job_id=job_id, emit=emit, cancel=cancel, images=images,
-                                  preview_every=preview_every, where=where, owner=owner)
+                                  preview_every=preview_every, where=where, owner=owner, changed=changed)
                 if cycle == 0:
                     record.repainted.append({"detection": index, "prompt": prompts[index], "seed": detection_seed,
                                              "denoise": round(denoise, 4)})
@@ -438,7 +440,8 @@ def run_passes(engine: Any, job: Any, picture: np.ndarray, seed: int, job_id: st
 def repaint(engine: Any, job: Any, detail_pass: Any, picture: np.ndarray, mask: np.ndarray, *, prompt: str,
             negative_prompt: str, seed: int, denoise: float, job_id: str, emit: Callable[..., None], cancel: Any,
             images: Any, preview_every: int, where: dict[str, Any], owner: str,
-            hands: list[np.ndarray] | None = None) -> np.ndarray:
+            hands: list[np.ndarray] | None = None, changed: list[tuple[int, int, int, int]] | None = None
+            ) -> np.ndarray:
     """One detection repainted: an inpaint job through the engine's steps 2-8 with the pass's
     seams (soft inpainting, colour matching) and, with ``hands`` (the pass's ``hand_structure``),
     the hand map on its ControlNet unit. Returns the picture with the patch pasted back."""
@@ -471,8 +474,25 @@ def repaint(engine: Any, job: Any, detail_pass: Any, picture: np.ndarray, mask: 
     customize = pass_hooks(detail_pass.soft_inpainting, detail_pass.colour_match, detail_pass.mask_blur,
                            vae=None if vae is None else (lambda like: engine.load_vae(vae, like)),
                            hand=hand_crop_map)
-    result = engine._generate(sub, checked, job_id, sub_emit, cancel, source, preview_every, customize=customize)
-    return np.asarray(result.images[0])
+    result = engine._generate(sub, checked, job_id, sub_emit, cancel, source, preview_every, customize=customize,
+                              region_only=True)
+    image = np.asarray(result.images[0])
+    x, y = result.offset
+    if changed is not None and result.changed_box is not None:
+        x0, y0, x1, y1 = result.changed_box
+        changed.append((x + x0, y + y0, x + x1, y + y1))
+    # Only the region comes back from a region frame (region_only): paste it (the whole picture
+    # otherwise). ``picture`` is run_passes' own copy.
+    picture[y : y + image.shape[0], x : x + image.shape[1]] = image
+    return picture
+
+
+def union_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The box around ``boxes`` ((0, 0, 0, 0): nothing changed)."""
+    boxes = [b for b in boxes if b[2] > b[0] and b[3] > b[1]]
+    if not boxes:
+        return (0, 0, 0, 0)
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 # -- seams --------------------------------------------------------------------------------------
@@ -496,14 +516,17 @@ def pass_hooks(soft: bool, colour: bool, feather_px: float, vae: Callable[[Any],
             _use_crisp_hand_map(context, hand(region, context.width, context.height))
         from ctrlgen.core.images import resize
 
-        def at_size(alpha: np.ndarray) -> np.ndarray:
-            crop = np.ascontiguousarray(region.crop(alpha))
+        def at_size(alpha: np.ndarray) -> np.ndarray:  # a map over the region -> the generation size
+            crop = np.ascontiguousarray(alpha)
             return resize((crop * 255 + 0.5).astype(np.uint8), context.width, context.height).astype(np.float32) / 255
 
-        alpha = at_size(frame.alpha)
+        alpha = at_size(frame.region_alpha())
         if colour:
             task_inputs.finish = _colour_matched(task_inputs.finish, context.call_kwargs["image"], frame, at_size,
                                                  feather_px)
+            if task_inputs.finish_region is not None:
+                task_inputs.finish_region = _colour_matched(task_inputs.finish_region, context.call_kwargs["image"],
+                                                            frame, at_size, feather_px)
         if not soft:
             yield
             return
@@ -595,8 +618,12 @@ def _colour_matched(finish: Callable[[Any], Any], init: Any, frame: Any, at_size
     from PIL import Image
 
     radius = max(2, int(math.ceil(feather_px)))
-    band_full = (grow(frame.mask, radius) > 0) & ~(grow(frame.mask, -radius) > 0)
-    band = at_size(band_full.astype(np.float32)) > 0.5
+    # The band over the region, grown on the region plus the radius (the mask beyond the region
+    # counts, as on the whole picture).
+    box = frame.region.grown(radius + 1, *frame.size)
+    mask = frame.mask_over(box)
+    band_box = (grow(mask, radius) > 0) & ~(grow(mask, -radius) > 0)
+    band = at_size(frame.region.relative_to(box).crop(band_box).astype(np.float32)) > 0.5
     original = np.asarray(init.convert("RGB")).astype(np.float32)
 
     def finish_matched(generated: Any) -> Any:
@@ -616,12 +643,15 @@ def fix_result(engine: Any, result: Any, emit: Callable[..., None], cancel: Any,
                preview_every: int) -> Any:
     """A generation job's results with ``job.detail`` run on each (step 9 of ``Engine._run``)."""
     fixed, records = [], []
+    changed = [] if result.changed_box is None else [result.changed_box]
     for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
         picture, passes = run_passes(engine, result.job, np.asarray(image), seed, result.job_id, emit, cancel,
-                                     images, preview_every, image_index=index)
+                                     images, preview_every, image_index=index, changed=changed)
         fixed.append(_to_image(picture))
         records.append({"detail": [record.to_json() for record in passes]})
     result.images = fixed
+    if result.changed_box is not None:  # an inpaint's box grows by the passes'; a new image stays new
+        result.changed_box = union_box(changed)
     result.data = [{**(result.data[i] if i < len(result.data) and result.data[i] else {}), **records[i]}
                    for i in range(len(fixed))]
     return result
@@ -639,8 +669,11 @@ def fix_image(engine: Any, job: Any, job_id: str, emit: Callable[..., None], can
     if pixels.ndim == 2 or pixels.shape[2] != 4:
         pixels = to_rgb(pixels, "job.image")
     seed = job.seed if job.seed >= 0 else secrets.randbelow(2**32)
-    picture, passes = run_passes(engine, job, pixels, seed, job_id, emit, cancel, images, preview_every)
-    return _to_image(picture), seed, {"detail": [record.to_json() for record in passes]}
+    changed: list[tuple[int, int, int, int]] = []
+    picture, passes = run_passes(engine, job, pixels, seed, job_id, emit, cancel, images, preview_every,
+                                 changed=changed)
+    return _to_image(picture), seed, {"detail": [record.to_json() for record in passes],
+                                      "changed_box": union_box(changed)}
 
 
 def _to_image(picture: np.ndarray) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ctrlgen.core.engine.jobs import Job
+from ctrlgen.core.engine.regions import check_placement, job_offset, read_pixels
 from ctrlgen.core.errors import CancelledError, CtrlgenError, ImageError, JobError
 from ctrlgen.core.images import fit, pixel_perfect_resolution, to_mask, to_rgb
 from ctrlgen.core.plugins.events import JobEvent
@@ -30,6 +31,11 @@ from ctrlgen.core.plugins.specs import check_text, validate_params
 # Reads one image reference of a job (``(reference, what) -> uint8 array``: H×W grey, H×W×3
 # RGB or H×W×4 RGBA). The default reads files; the server resolves its uploads.
 ImageSource = Callable[[str, str], np.ndarray]
+# Loading is serialised across the engines of one process (``ctrlgen batch --devices cpu,cpu``
+# runs one per thread): diffusers/accelerate build empty models by patching torch globally
+# (``init_empty_weights``, ``torch.device("meta")``), and two loads interleaving on two threads
+# can leave that patch in place, so later tensors land on the meta device.
+LOAD_LOCK = threading.RLock()
 
 
 
@@ -58,6 +64,9 @@ class GenerationContext:
     image_source: ImageSource | None = None
     # Inpaint jobs: ctrlgen.core.engine.tasks.InpaintFrame (canvas, mask, region), for adapters' maps.
     inpaint_frame: Any = None
+    # Regional prompts (ctrlgen.core.engine.composition.PromptRegion), set by the region adapter
+    # and encoded with the prompt in step 6.
+    regions: list[Any] = field(default_factory=list)
 
     @property
     def device(self) -> str:
@@ -87,6 +96,8 @@ class PreparedUnit:
     params: dict[str, Any]
     preprocessor: str
     preprocessor_params: dict[str, Any]
+    # The map was made from the inpaint frame's region (only-masked), not the whole picture.
+    in_region: bool = False
 
 
 @dataclass
@@ -118,6 +129,18 @@ class JobResult:
     infotexts: list[str] = field(default_factory=list)
     memory: Any = None  # the MemoryPlan the job ran with (offload, VAE tiling/slicing, why)
     data: list[Any] = field(default_factory=list)  # preprocess jobs: each map's data (OpenPose JSON, ...)
+    # (x0, y0, x1, y1) in the result image's own frame: the pixels that may differ from the input
+    # image (inpaint and fix: the feathered mask's bounds); None when the whole image is new.
+    changed_box: tuple[int, int, int, int] | None = None
+    # Where the result sits on the host's canvas: job.image_offset, or (0, 0).
+    offset: tuple[int, int] = (0, 0)
+
+    def crop(self, index: int = 0, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Image ``index``'s pixels (uint8, RGB or RGBA) inside ``box`` (default: ``changed_box``,
+        else the whole image), read without converting the rest of the image."""
+        image = self.images[index]
+        box = box or self.changed_box or (0, 0, image.width, image.height)
+        return np.asarray(image.crop(box) if tuple(box) != (0, 0, image.width, image.height) else image)
 
     def save(self, folder: Path, stem: str = "ctrlgen") -> list[Path]:
         """Write PNGs carrying the job's parameters (A1111 ``parameters`` + ``ctrlgen-job`` JSON)."""
@@ -193,12 +216,16 @@ class Engine:
         self._precision = precision or settings.precision
         self.memory = memory or settings.memory
         self.vae_tiling = vae_tiling or settings.vae_tiling
+        self.threads = settings.threads  # CPU threads for torch/OpenCV (ctrlgen.core.threads)
         check_modes(self.memory, self.vae_tiling)
         self._device = None
         self._pipelines: dict[str, Any] = {}
         self._offloaded: set[str] = set()  # pipelines whose weights stay in RAM (offloaded per job)
         self._controlnets: dict[str, Any] = {}
         self._vaes: dict[str, Any] = {}
+        # Adapters' weights read from files and what their loaders built, kept until unload():
+        # key -> (the file signatures it came from, value); see load_file and cached.
+        self._adapter_cache: dict[Any, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     # -- resources ------------------------------------------------------------
@@ -225,6 +252,12 @@ class Engine:
     def load_pipeline(self, entry: Any) -> Any:
         """The cached base pipeline for a store entry (loaded on first use)."""
         key = str(Path(entry.path).resolve())
+        if key in self._pipelines:
+            return self._pipelines[key]
+        with LOAD_LOCK:
+            return self._load_pipeline(entry, key)
+
+    def _load_pipeline(self, entry: Any, key: str) -> Any:
         if key not in self._pipelines:
             from ctrlgen.core.engine import tasks
             from ctrlgen.core.models import loading as single_file
@@ -263,7 +296,9 @@ class Engine:
 
     def load_controlnet(self, entry: Any, architecture: str) -> Any:
         key = str(Path(entry.path).resolve())
-        if key not in self._controlnets:
+        if key in self._controlnets:
+            return self._controlnets[key]
+        with LOAD_LOCK:
             from ctrlgen.core.models import loading as single_file
 
             model = single_file.load_controlnet(entry.path, architecture, torch_dtype=self._load_dtype())
@@ -274,23 +309,45 @@ class Engine:
     def load_vae(self, entry: Any, like: Any) -> Any:
         """A VAE file or folder from the store (cached), shaped like the pipeline's VAE ``like``."""
         key = str(Path(entry.path).resolve())
-        if key not in self._vaes:
+        if key in self._vaes:
+            return self._vaes[key]
+        with LOAD_LOCK:
             from ctrlgen.core.models import loading as single_file
 
             model = single_file.load_vae(entry.path, like.config, torch_dtype=self._load_dtype())
             self._vaes[key] = model if self._offloaded else model.to(self.device.device)
         return self._vaes[key]
 
+    def cached(self, key: Any, signature: Any, make: Callable[[], Any]) -> Any:
+        """What ``make()`` returns, kept by this engine under ``key`` until :meth:`unload` or until
+        ``signature`` changes (then made again: a file rewritten in place is read again).
+        Adapters keep their weights here, so a second job does not read or load them again."""
+        hit = self._adapter_cache.get(key)
+        if hit is not None and hit[0] == signature:
+            return hit[1]
+        with LOAD_LOCK:
+            value = make()
+        self._adapter_cache[key] = (signature, value)
+        return value
+
+    def load_file(self, path: Any, what: str, load: Callable[[], Any]) -> Any:
+        """``load()`` for the weights file ``path``, cached by file (path, mtime and size)."""
+        return self.cached((what, str(Path(path).resolve())), file_signature(path), load)
+
     def unload(self) -> None:
         """Free every cached model: pipelines, ControlNets and what adapters and
         preprocessors keep loaded (image encoders, face analysis, annotators)."""
         from ctrlgen.core.models import annotators
 
+        self._adapter_cache.clear()
         self._pipelines.clear()
         self._offloaded.clear()
         self._controlnets.clear()
         self._vaes.clear()
         annotators.unload()
+        from ctrlgen.core.models import upscalers
+
+        upscalers.unload()
         with contextlib.suppress(Exception):
             import torch
 
@@ -311,12 +368,19 @@ class Engine:
         check_text(job.model_dump(), "job")
         if job.task == "preprocess":
             self._check_preprocess(job, images)
+            if job.image_offset is not None:
+                check_placement(job, read_pixels(job.image, "job.image", images or load_image_file))
             return CheckedJob(job)
         from ctrlgen.core.engine import detail, tasks
 
+        if job.task == "upscale" or job.hires is not None:  # the upscaler, then the refine's checks
+            from ctrlgen.core.engine import upscale
+
+            return upscale.check(self, job, images or load_image_file, CheckedJob)
         if job.task == "fix":  # the checkpoint, the image, then each pass (step 4 below)
             entry = self.resolve_checkpoint(job)
-            picture = read_image(job.image, "job.image", images)
+            picture = read_pixels(job.image, "job.image", images or load_image_file)
+            check_placement(job, picture)
             detail.check_passes(self, job, images or load_image_file, picture)
             return CheckedJob(job, entry, entry.identity.architecture)
 
@@ -371,20 +435,19 @@ class Engine:
         """img2img/inpaint: the image reads, the mask reads at the image's size and selects
         something, the outpainted canvas stays within the size limit (step 2 of :meth:`check`)."""
         if job.task not in ("img2img", "inpaint"):
+            if job.image is not None and job.image_offset is not None:
+                check_placement(job, read_pixels(job.image, "job.image", images or load_image_file))
             return
-        from ctrlgen.core.engine.masks import Expansion, prepare_mask
+        from ctrlgen.core.engine.masks import Expansion
+        from ctrlgen.core.engine.regions import grown_mask, read_mask
         from ctrlgen.core.images import check_size
 
-        source = read_image(job.image, "job.image", images)
+        source = read_pixels(job.image, "job.image", images or load_image_file)
+        check_placement(job, source)
         if job.task != "inpaint":
             return
         height, width = source.shape[:2]
-        mask = np.zeros((height, width), np.uint8)
-        if job.mask:
-            try:
-                mask = to_mask((images or load_image_file)(job.mask, "job.mask"), (width, height), "job.mask")
-            except ImageError as exc:  # its message starts with "job.mask"
-                raise JobError(str(exc)) from None
+        mask = read_mask(job, source, images or load_image_file) if job.mask else None
         if job.outpaint is not None:
             out = job.outpaint
             canvas_w, canvas_h = Expansion(out.left, out.top, out.right, out.bottom).size(width, height)
@@ -393,8 +456,7 @@ class Engine:
             except ImageError as exc:
                 raise JobError(f"job.outpaint: {exc}") from None
             return  # the new area is always repainted
-        if not prepare_mask(mask, job.inpaint.grow_px, job.inpaint.invert).any():
-            raise JobError("job.mask selects nothing (after grow/invert): paint the area to change in white")
+        grown_mask(mask, job.inpaint.grow_px, job.inpaint.invert)  # raises when it selects nothing
 
     def _check_preprocess(self, job: Job, images: ImageSource | None) -> None:
         """A ``preprocess`` job: the mask and every unit's image read, the preprocessors exist
@@ -460,7 +522,7 @@ class Engine:
                 )
             spec = self._check_preprocessor(unit, owner)
             if spec is None or not spec.hint_from_job:  # an inpaint hint is built from the job's image
-                read_image(unit.image or job.image, f"{owner}.image", images)
+                read_pixels(unit.image or job.image, f"{owner}.image", images or load_image_file)
             units.append(PreparedUnit(index, entry, None, params, unit.preprocessor, dict(unit.preprocessor_params)))
         if units and adapter.check is not None:
             adapter.check(self._check_context(job, architecture, images), units)
@@ -471,15 +533,25 @@ class Engine:
         return self._control_maps(job, self.check_units(job, architecture, images), images)
 
     def _control_maps(self, job: Job, units: list[PreparedUnit], images: ImageSource | None,
-                      cancellation: Any = None) -> list[PreparedUnit]:
-        """Compute the control map of each checked unit (in place; returns ``units``)."""
+                      cancellation: Any = None, frame: Any = None) -> list[PreparedUnit]:
+        """Compute the control map of each checked unit (in place; returns ``units``).
+
+        With an inpaint ``frame`` (``tasks.InpaintFrame``), units that read the job's image take
+        its RGB pixels from the frame (converted once): in only-masked mode only the region's,
+        so their preprocessors run on the region (as sd-webui-controlnet crops the control image
+        to the only-masked region before preprocessing), not on the whole canvas."""
         from ctrlgen.core.engine.preprocess import preprocess
 
         for prepared in units:
             if cancellation is not None:
                 cancellation.check("while preprocessing")
             unit = job.control[prepared.index]
-            source = read_image(unit.image or job.image, f"control[{prepared.index}].image", images)
+            from_frame = frame is not None and unit.image is None and frame.regional
+            if from_frame:
+                prepared.in_region = frame.cropped
+                source = frame.region_canvas() if frame.cropped else frame.canvas
+            else:
+                source = read_image(unit.image or job.image, f"control[{prepared.index}].image", images)
             pre_params = dict(unit.preprocessor_params)
             spec = None if unit.preprocessor.lower() == "none" else get_registry("preprocessors").get(unit.preprocessor)
             if spec is None or spec.hint_from_job:
@@ -538,7 +610,8 @@ class Engine:
             infotexts.append(f"preprocessor: {unit.preprocessor}, params: {json.dumps(params, sort_keys=True)}")
             emit("progress", step=index + 1, total=len(job.control))
         return JobResult(job=job, job_id=job_id, images=[Image.fromarray(m) for m in maps],
-                         seeds=[job.seed] * len(maps), control_maps=maps, infotexts=infotexts, data=data)
+                         seeds=[job.seed] * len(maps), control_maps=maps, infotexts=infotexts, data=data,
+                         offset=job_offset(job))
 
     def _check_resources(self, spec: Any, params: dict[str, Any], owner: str, images: ImageSource | None) -> None:
         """Before any model loads: the models and images an adapter use names must exist."""
@@ -626,6 +699,10 @@ class Engine:
 
         try:
             with self._lock:
+                if self.threads:  # per thread for OpenMP: set it where the job runs
+                    from ctrlgen.core.threads import apply_threads
+
+                    apply_threads(self.threads)
                 result = self._run(job, job_id, emit, cancel, images, int(preview))
         except CancelledError as exc:
             # The traceback's frames hold the job's pipeline view, latents and control
@@ -674,8 +751,15 @@ class Engine:
                                                  preview_every)
             sized = job.model_copy(update={"width": image.width, "height": image.height})
             text = infotext(sized, seed, Path(checked.checkpoint.path).stem) + f", Fix passes: {len(job.detail)}"
-            return JobResult(job=job, job_id=job_id, images=[image], seeds=[seed], data=[data], infotexts=[text])
-        result = self._generate(job, checked, job_id, emit, cancel, images, preview_every)
+            return JobResult(job=job, job_id=job_id, images=[image], seeds=[seed], data=[data], infotexts=[text],
+                             changed_box=data.pop("changed_box", None), offset=job_offset(job))
+        if job.task == "upscale" or job.hires is not None:  # the upscale task, hires fix: core/engine/upscale.py
+            from ctrlgen.core.engine import upscale
+
+            result = upscale.run(self, job, checked, job_id, emit, cancel, images or load_image_file, preview_every,
+                                 JobResult)
+        else:
+            result = self._generate(job, checked, job_id, emit, cancel, images, preview_every)
         # 9. Fix passes (job.detail) on each result, each detection an inpaint job of its own
         #    through steps 2-8 (core/engine/detail.py).
         if job.detail:
@@ -683,10 +767,12 @@ class Engine:
         return result
 
     def _generate(self, job: Job, checked: CheckedJob, job_id: str, emit, cancel, images: ImageSource | None,
-                  preview_every: int, customize: Callable[[GenerationContext, Any], Any] | None = None) -> JobResult:
+                  preview_every: int, customize: Callable[[GenerationContext, Any], Any] | None = None,
+                  region_only: bool = False) -> JobResult:
         """Steps 2-8 of :meth:`_run` for a checked generation job. ``customize(context, task_inputs)``,
         where given, returns a context manager entered after the adapters (the fix passes' soft
-        inpainting and colour matching)."""
+        inpainting and colour matching). ``region_only``: an inpaint job on a region frame gives
+        only the composited region, at ``result.offset`` (the fix passes paste it themselves)."""
         from ctrlgen.core.engine.cancel import Cancellation
 
         # Cancelling works in every phase: between steps through the pipeline's interrupt flag,
@@ -699,8 +785,14 @@ class Engine:
         entry, architecture = checked.checkpoint, checked.architecture
         arch = tasks.architecture_spec(architecture)
         pipeline_class, adapters = arch.pipeline_class(job.task), checked.adapters
+        width, height = round_size(job.width, job.height)
         with cancellation.armed():
-            units = self._control_maps(job, checked.units, images, cancellation)
+            # An inpaint job's frame first: units that read the job's image preprocess its region.
+            frame = None
+            if job.task == "inpaint":
+                load = images or load_image_file
+                frame = tasks.inpaint_frame(job, load(job.image, "job.image"), load, aspect=width / height)
+            units = self._control_maps(job, checked.units, images, cancellation, frame)
 
         # 2. Load the pipeline (cached across jobs) and take this job's view of it, with the
         #    job's sampler; the cached pipeline itself is never changed.
@@ -714,11 +806,11 @@ class Engine:
 
         # 3. Prepare the inputs: size, seeds, the task's image and mask (grown, feathered,
         #    cropped for only-masked, the outpainted canvas) and the pipeline call's arguments.
-        width, height = round_size(job.width, job.height)
         seed = job.seed if job.seed >= 0 else secrets.randbelow(2**32)
         seeds = [(seed + i) % 2**32 for i in range(job.batch_size)]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        task_inputs = tasks.prepare(job, width, height, images or load_image_file, _denoiser(base).config.in_channels)
+        task_inputs = tasks.prepare(job, width, height, images or load_image_file, _denoiser(base).config.in_channels,
+                                    frame=frame)
         call_kwargs: dict[str, Any] = dict(
             **task_inputs.call_kwargs,
             num_inference_steps=job.steps,
@@ -778,7 +870,6 @@ class Engine:
             # 6. Fit the memory (offload, VAE tiling/slicing for this size, undone after) and
             #    encode the prompts. Encoding comes after the adapters: LoRAs change the text
             #    encoder, textual inversions add tokens, and adapters may rewrite the prompt.
-            from ctrlgen.core.engine.conditioning import plan_prompts
             from ctrlgen.core.engine.memory import applied
 
             memory_plan = self.memory_plan(context.pipeline, architecture, width, height, job.batch_size,
@@ -786,8 +877,11 @@ class Engine:
                                            and self.device.device != "cpu")
             stack.enter_context(applied(context.pipeline, memory_plan, self.device.device))
             if arch.prompt_weighting:
-                prompt_plan = plan_prompts(context.pipeline, context.prompt, context.negative_prompt, total,
-                                           job.batch_size, job.clip_skip)
+                from ctrlgen.core.engine import composition  # AND, part weights, regions (else plan_prompts)
+
+                prompt_plan = composition.plan(context.pipeline, context.prompt, context.negative_prompt, total,
+                                               job.batch_size, job.clip_skip, context.regions)
+                stack.enter_context(composition.guided(context, prompt_plan))
                 context.call_kwargs.update(prompt_plan.call_kwargs(0))
                 pooled = "pooled_prompt_embeds" in context.call_kwargs
                 inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if pooled else [])
@@ -804,7 +898,15 @@ class Engine:
 
         # 8. Composite and report: each image back into the job's picture (only-masked crops
         #    pasted under the feathered mask), with the control maps and A1111 infotexts.
-        results = [task_inputs.finish(_to_pil(array, width, height)) for array in output.images]
+        frame, offset, changed = task_inputs.frame, job_offset(job), None
+        if frame is not None:
+            changed = frame.changed_box.box
+        if region_only and task_inputs.finish_region is not None:
+            finish, region = task_inputs.finish_region, frame.region
+            offset, changed = (offset[0] + region.x0, offset[1] + region.y0), frame.changed_box.relative_to(region).box
+        else:
+            finish = task_inputs.finish
+        results = [finish(_to_pil(array, width, height)) for array in output.images]
         model_name = Path(entry.path).stem
         return JobResult(
             job=job,
@@ -814,7 +916,16 @@ class Engine:
             control_maps=[unit.control_image for unit in units] + list(context.control_maps),
             infotexts=[infotext(job, s, model_name) for s in seeds],
             memory=memory_plan,
+            changed_box=changed,
+            offset=offset,
         )
+
+
+def file_signature(path: Any) -> tuple[str, int, int]:
+    """A weights file's identity for caches: its resolved path, mtime (ns) and size."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return (str(resolved), stat.st_mtime_ns, stat.st_size)
 
 
 def _stage_tensors(pipe: Any, plan: Any, stage: int) -> dict[str, Any]:

@@ -14,11 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ctrlgen.core.engine.masks import FillMode
+from ctrlgen.core.engine.upscale_options import HiresFix, UpscaleOptions, check_upscale_job
 from ctrlgen.core.errors import JobError, ParamError
 from ctrlgen.core.images import MAX_SIDE, RESIZE_MODES
 from ctrlgen.core.plugins.specs import check_text
 
-Task = Literal["txt2img", "img2img", "inpaint", "preprocess", "fix"]
+Task = Literal["txt2img", "img2img", "inpaint", "preprocess", "fix", "upscale"]
 
 
 class ControlUnit(BaseModel):
@@ -227,6 +228,16 @@ class Job(BaseModel):
     detail: list[DetailPass] = Field(
         default_factory=list, description="Fix passes (faces, hands, ...) run on each result, in order; "
         "task 'fix' runs only these on job.image")
+    upscale: UpscaleOptions | None = Field(
+        default=None, description="Task 'upscale' (selects it): upscaler, scale, denoise and tiles of the "
+        "tiled refine (docs/jobs.md, Upscaling and hires fix)")
+    hires: HiresFix | None = Field(
+        default=None, description="Hires fix on txt2img: enlarge the result and denoise it again at the target size")
+    image_offset: tuple[int, int] | None = Field(
+        default=None, description="[x, y]: job.image (and job.mask) is a patch at this offset inside a canvas of "
+        "canvas_size (the host sent only the region and its context); results are in the patch's frame")
+    canvas_size: tuple[int, int] | None = Field(
+        default=None, description="[width, height] of the canvas job.image is a patch of (with image_offset)")
 
     @field_validator("sampler")
     @classmethod
@@ -239,6 +250,8 @@ class Job(BaseModel):
     def _task_inputs(self) -> Job:
         # The image is a control unit's source when a unit has no image of its own.
         image_is_control = any(unit.image is None for unit in self.control)
+        if self.task is None and self.upscale is not None:
+            self.task = "upscale"
         if self.task is None:
             if self.mask or self.outpaint:
                 self.task = "inpaint"
@@ -263,6 +276,8 @@ class Job(BaseModel):
                 raise ValueError("task 'preprocess' only runs preprocessors; drop job.detail (fix passes need a "
                                  "model: task 'fix')")
             return self
+        if not check_upscale_job(self):
+            return self  # an upscale with denoise 0: the upscaler alone, no checkpoint
         if not self.model:
             raise ValueError("job.model is missing: name a checkpoint (`ctrlgen models` lists them)")
         for index, detail in enumerate(self.detail):
@@ -302,6 +317,31 @@ class Job(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _patch_placement(self) -> Job:
+        if (self.image_offset is None) != (self.canvas_size is None):
+            raise ValueError("give both job.image_offset and job.canvas_size (where the image sits on the canvas, "
+                             "and the canvas's size) or neither")
+        if self.image_offset is None:
+            return self
+        x, y = self.image_offset
+        width, height = self.canvas_size
+        if x < 0 or y < 0:
+            raise ValueError(f"job.image_offset {[x, y]} is negative; the patch must lie inside the canvas "
+                             f"(job.canvas_size {[width, height]})")
+        if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+            raise ValueError(f"job.canvas_size {[width, height]} must be 1..{MAX_SIDE} pixels a side")
+        if x >= width or y >= height:
+            raise ValueError(f"job.image_offset {[x, y]} lies outside job.canvas_size {[width, height]}; "
+                             "the patch must lie inside the canvas")
+        if not self.image:
+            raise ValueError("job.image_offset and job.canvas_size place job.image on a canvas; give job.image "
+                             "or drop them")
+        if self.outpaint is not None:
+            raise ValueError("job.outpaint expands the whole picture; send the whole canvas (drop job.image_offset "
+                             "and job.canvas_size) to outpaint")
+        return self
+
+    @model_validator(mode="after")
     def _control_needs_image(self) -> Job:
         for index, unit in enumerate(self.control):
             if unit.image is None and self.image is None:
@@ -329,6 +369,10 @@ class Job(BaseModel):
                     use[name] = fix(value)
                 elif isinstance(value, list):
                     use[name] = [fix(v) if isinstance(v, str) else v for v in value]
+            units = use.get("control")  # a region's own ControlNet units
+            for unit in units if isinstance(units, list) else []:
+                if isinstance(unit, dict) and isinstance(unit.get("image"), str):
+                    unit["image"] = fix(unit["image"])
         return Job.model_validate(data)
 
 

@@ -37,15 +37,22 @@ def feather(mask: np.ndarray, pixels: float) -> np.ndarray:
     """The mask blurred over ``pixels`` as float32 alpha in [0, 1] (0 px = a hard edge)."""
     import cv2
 
-    alpha = mask.astype(np.float32) / 255.0
     if pixels <= 0:
-        return alpha
+        return mask.astype(np.float32) / 255.0
     sigma = pixels / 2.0
-    size = 2 * int(np.ceil(3 * sigma)) + 1
-    blurred = cv2.GaussianBlur(alpha, (size, size), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
+    size = 2 * feather_reach(pixels) + 1
+    # In float64, rounded to float32 after: OpenCV's float32 filters round differently by image
+    # width (SIMD paths), and a mask feathered on a box around it must equal the whole canvas's.
+    blurred = cv2.GaussianBlur(mask.astype(np.float64) / 255.0, (size, size), sigmaX=sigma, sigmaY=sigma,
+                               borderType=cv2.BORDER_REPLICATE).astype(np.float32)
     # Exact zeros far from the mask, so "outside" stays exactly the original there.
     blurred[blurred < 1.0 / 512.0] = 0.0
     return blurred
+
+
+def feather_reach(pixels: float) -> int:
+    """How far (px) :func:`feather` spreads a mask: its blur kernel's half width (0: no blur)."""
+    return int(np.ceil(3 * pixels / 2.0)) if pixels > 0 else 0
 
 
 def prepare_mask(mask: np.ndarray, grow_px: int = 0, invert: bool = False) -> np.ndarray:
@@ -85,16 +92,91 @@ class Region:
     def crop(self, array: np.ndarray) -> np.ndarray:
         return array[self.y0 : self.y1, self.x0 : self.x1]
 
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    def grown(self, margin: int, width: int, height: int) -> Region:
+        """This box with ``margin`` px more on each side, clamped to a ``width``×``height`` image."""
+        return Region(max(0, self.x0 - margin), max(0, self.y0 - margin),
+                      min(width, self.x1 + margin), min(height, self.y1 + margin))
+
+    def intersect(self, other: Region) -> Region:
+        """The overlap of two boxes (empty: zero width or height at ``self``'s corner)."""
+        x0, y0 = max(self.x0, other.x0), max(self.y0, other.y0)
+        return Region(x0, y0, max(x0, min(self.x1, other.x1)), max(y0, min(self.y1, other.y1)))
+
+    def moved(self, dx: int, dy: int) -> Region:
+        return Region(self.x0 + dx, self.y0 + dy, self.x1 + dx, self.y1 + dy)
+
+    def relative_to(self, outer: Region) -> Region:
+        """This box in the coordinates of ``outer`` (whose top-left becomes 0, 0)."""
+        return self.moved(-outer.x0, -outer.y0)
+
+
+def mask_bounds(mask: np.ndarray, invert: bool = False) -> Region | None:
+    """The box of the pixels a mask selects (>= 128, or < 128 with ``invert``), None if none.
+
+    Cheap on a big canvas: one vectorised max (min) per row finds the rows, then only the band
+    of those rows is read for the columns; nothing canvas-sized is allocated. ``mask`` is any
+    mask :func:`ctrlgen.core.images.to_mask` takes; RGBA and grey+alpha masks use their alpha,
+    RGB ones their luminance (found as a superset from the channels' max/min, then exact)."""
+    from ctrlgen.core.images import to_mask
+
+    if mask.dtype != np.uint8 or mask.ndim not in (2, 3):
+        return mask_bounds(to_mask(mask), invert)
+    luminance = mask.ndim == 3 and mask.shape[2] == 3
+    if mask.ndim == 3 and not luminance:
+        mask = mask[:, :, -1]  # alpha (or the only channel)
+    reduce = np.min if invert else np.max
+
+    def selected(values: np.ndarray) -> np.ndarray:
+        return values < 128 if invert else values >= 128
+
+    # Luminance is a weighted mean, so it lies between the channels' min and max: rows and
+    # columns without a selected channel value cannot hold a selected pixel.
+    rows = reduce(mask.reshape(mask.shape[0], -1), axis=1)
+    found = np.flatnonzero(selected(rows))
+    if len(found) == 0:
+        return None
+    y0, y1 = int(found[0]), int(found[-1]) + 1
+    band = mask[y0:y1]
+    columns = reduce(band, axis=0)
+    if luminance:
+        columns = reduce(columns, axis=-1)
+    found = np.flatnonzero(selected(columns))
+    x0, x1 = int(found[0]), int(found[-1]) + 1
+    if not luminance:
+        return Region(x0, y0, x1, y1)
+    exact = selected(to_mask(np.ascontiguousarray(band[:, x0:x1])))
+    ys, xs = np.flatnonzero(exact.any(axis=1)), np.flatnonzero(exact.any(axis=0))
+    if len(ys) == 0:
+        return None
+    return Region(x0 + int(xs[0]), y0 + int(ys[0]), x0 + int(xs[-1]) + 1, y0 + int(ys[-1]) + 1)
+
 
 def masked_region(mask: np.ndarray, padding: int, aspect: float | None = None) -> Region:
-    """Bounding box of the mask plus ``padding``, widened to ``aspect`` (w/h) where the
+    """Bounding box of the mask's nonzero pixels plus ``padding``, widened to ``aspect`` (w/h) where the
     image allows, clamped to the image. Raises if the mask is empty."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    bounds = _nonzero_bounds(mask)
+    if bounds is None:
         raise ImageError("the mask is empty: nothing to inpaint; paint the area to change in white")
     height, width = mask.shape
-    x0, x1 = max(0, xs.min() - padding), min(width, xs.max() + 1 + padding)
-    y0, y1 = max(0, ys.min() - padding), min(height, ys.max() + 1 + padding)
+    return region_around(bounds, width, height, padding, aspect)
+
+
+def _nonzero_bounds(mask: np.ndarray) -> Region | None:
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return Region(int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
+
+
+def region_around(bounds: Region, width: int, height: int, padding: int, aspect: float | None = None) -> Region:
+    """``bounds`` plus ``padding``, widened to ``aspect`` (w/h) where a ``width``×``height``
+    image allows, clamped to it: the only-masked region of a mask with these bounds."""
+    x0, x1 = max(0, bounds.x0 - padding), min(width, bounds.x1 + padding)
+    y0, y1 = max(0, bounds.y0 - padding), min(height, bounds.y1 + padding)
     if aspect:
         box_w, box_h = x1 - x0, y1 - y0
         if box_w / box_h < aspect:

@@ -11,6 +11,11 @@ Two stages, as in A1111:
    pieces: ``(x)`` ×1.1, ``[x]`` ÷1.1, ``(x:1.3)`` sets 1.3, nesting multiplies, ``\\(``
    escapes, an unclosed bracket applies to the rest of the prompt, and ``BREAK`` (upper
    case, as a word) starts a new 75-token chunk (returned as ``("BREAK", -1.0)``).
+   NovelAI's braces, as A1111 users write them: ``{x}`` ×1.05 per brace (``\\{`` escapes).
+
+Before both, :func:`split_and` splits a prompt at A1111's ``AND`` (composable diffusion): each
+sub-prompt, with its optional trailing ``:weight``, is conditioned on its own and the noise
+predictions are combined in the guidance (:mod:`ctrlgen.core.engine.composition`).
 
 The parser is hand-written: no maintained library implements both stages with A1111's
 semantics (compel has its own syntax). Property tests check it never fails on any input.
@@ -22,6 +27,7 @@ import re
 from dataclasses import dataclass
 
 EMPHASIS = 1.1
+BRACE_EMPHASIS = 1.05  # NovelAI's {x}
 BREAK_MARK = ("BREAK", -1.0)
 
 # -- stage 1: scheduling -----------------------------------------------------------------
@@ -159,7 +165,8 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
 # -- stage 2: attention --------------------------------------------------------------------
 
 _TOKEN = re.compile(
-    r"\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:"
+    r"\\\(|\\\)|\\\[|\\\]|\\\{|\\\}|\\\\|\\|\(|\[|\{|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|\}"
+    r"|[^\\()\[\]{}:]+|:"
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
@@ -169,6 +176,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     result: list[list] = []
     round_open: list[int] = []
     square_open: list[int] = []
+    brace_open: list[int] = []
 
     def multiply(start: int, factor: float) -> None:
         for piece in result[start:]:
@@ -184,6 +192,10 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             round_open.append(len(result))
         elif token == "[":
             square_open.append(len(result))
+        elif token == "{":
+            brace_open.append(len(result))
+        elif token == "}" and brace_open:
+            multiply(brace_open.pop(), BRACE_EMPHASIS)
         elif weight is not None and round_open:
             multiply(round_open.pop(), float(weight))
         elif token == ")" and round_open:
@@ -200,6 +212,8 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         multiply(start, EMPHASIS)
     for start in square_open:
         multiply(start, 1 / EMPHASIS)
+    for start in brace_open:
+        multiply(start, BRACE_EMPHASIS)
     if not result:
         return [("", 1.0)]
     merged: list[list] = [result[0]]
@@ -209,3 +223,24 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         else:
             merged.append(piece)
     return [(text_, float(weight_)) for text_, weight_ in merged]
+
+
+# -- composable diffusion: AND ----------------------------------------------------------------
+
+_AND = re.compile(r"\bAND\b")
+_PART_WEIGHT = re.compile(r"^(.*?)(?:\s*:\s*([+-]?(?:\d+\.?\d*|\.\d+)))?\s*$", re.S)
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """A1111's composable diffusion: ``[(text, weight), ...]``, one per sub-prompt.
+
+    Sub-prompts are separated by ``AND`` (upper case, as a word, anywhere: A1111 splits before
+    it parses brackets); a trailing ``:number`` is the sub-prompt's weight (default 1), as in
+    ``a castle AND a dragon :0.8``. A prompt without ``AND`` is one part. Trailing spaces are
+    dropped from each text (they do not change its tokens)."""
+    parts = []
+    for part in _AND.split(prompt):
+        match = _PART_WEIGHT.match(part)
+        text, weight = (match.group(1), match.group(2)) if match else (part, None)
+        parts.append((text, 1.0 if weight is None else float(weight)))
+    return parts

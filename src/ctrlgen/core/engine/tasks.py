@@ -42,6 +42,14 @@ from ctrlgen.core.engine.masks import (
     outpaint_mask,
     prepare_mask,
 )
+from ctrlgen.core.engine.regions import (
+    InpaintFrame,
+    composite_region,
+    fast_path,
+    paste,
+    read_mask,
+    region_frame,
+)
 from ctrlgen.core.errors import ImageError, JobError
 from ctrlgen.core.images import check_size, fit, resize, to_mask, to_rgb
 
@@ -119,47 +127,17 @@ class TaskInputs:
     attach: Callable[[Any], contextlib.AbstractContextManager] | None = None
     # Inpaint jobs: the canvas, mask and region the job works on (None for txt2img/img2img).
     frame: InpaintFrame | None = None
-
-
-@dataclass(frozen=True)
-class InpaintFrame:
-    """Where an inpaint job works.
-
-    ``canvas`` is the input image (RGB), expanded when outpainting; ``mask`` the repaint mask
-    on it (uint8, 255 = repaint, after grow/invert and with the outpaint area); ``alpha`` the
-    feathered mask the result is composited through; ``region`` the box that is generated (the
-    whole canvas, or the mask's bounds plus padding in only-masked mode); ``expansion`` how the
-    input was placed on the canvas (all zeros without outpaint)."""
-
-    canvas: np.ndarray
-    mask: np.ndarray
-    alpha: np.ndarray
-    region: Region
-    expansion: Expansion
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """The input image's ``(width, height)`` (the canvas before outpainting)."""
-        e = self.expansion
-        return self.canvas.shape[1] - e.left - e.right, self.canvas.shape[0] - e.top - e.bottom
-
-    def to_region(self, image: np.ndarray, value: int = 0) -> np.ndarray:
-        """A map over the job's picture (a control map, say) as the generated region sees it.
-
-        A map at the canvas's size is taken as it is; any other is taken to cover the INPUT:
-        resized to the input's size, put on the canvas at the input's offset (new area:
-        ``value``, 0 = "no control" for most maps). Then it is cropped to ``region``."""
-        if image.shape[:2] != self.canvas.shape[:2]:
-            width, height = self.input_size
-            image = self.expansion.place(resize(image, width, height), value)
-        return np.ascontiguousarray(self.region.crop(image))
+    # Inpaint jobs on a region frame: like ``finish``, but only the composited region (PIL, at
+    # ``frame.region``), for callers that paste it themselves (the fix passes).
+    finish_region: Callable[[Any], Any] | None = None
 
 
 def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.ndarray],
-            unet_in_channels: int) -> TaskInputs:
+            unet_in_channels: int, frame: InpaintFrame | None = None) -> TaskInputs:
     """Inputs and the finishing step for ``job.task`` at generation size ``width``×``height``.
 
-    ``load(reference, what)`` returns an image reference's pixels (grey, RGB or RGBA uint8)."""
+    ``load(reference, what)`` returns an image reference's pixels (grey, RGB or RGBA uint8).
+    ``frame``: an inpaint job's :func:`inpaint_frame`, when the caller has made it already."""
     from PIL import Image
 
     task = job.task
@@ -175,10 +153,14 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
 
     if task == "txt2img":
         return TaskInputs({}, to_size, job.steps)
+    steps = steps_run(task, job.steps, job.strength)
+    if task == "inpaint":
+        if frame is None:
+            frame = inpaint_frame(job, load(job.image, "job.image"), load, aspect=width / height)
+        return _inpaint_inputs(job, width, height, steps, frame)
     pixels = load(job.image, "job.image")
     source = _rgb(pixels, "job.image")
     alpha = pixels[..., 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else None
-    steps = steps_run(task, job.steps, job.strength)
     if task == "img2img":
         init = fit(source, width, height, job.resize_mode)
 
@@ -192,10 +174,18 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
             return result
 
         return TaskInputs({"image": Image.fromarray(init), "strength": job.strength}, finish_img2img, steps)
+    raise JobError(f"ctrlgen has no inputs for task {task!r}")
 
-    frame = inpaint_frame(job, source, load, aspect=width / height)
+
+def _inpaint_inputs(job: Any, width: int, height: int, steps: int, frame: InpaintFrame) -> TaskInputs:
+    """An inpaint job's inputs: the region's picture and mask at the generation size, and the
+    composite back onto the input (only the region computed, see :mod:`.regions`)."""
+    from PIL import Image
+
+    pixels = frame.picture
+    alpha = pixels[..., 3] if pixels is not None and pixels.ndim == 3 and pixels.shape[2] == 4 else None
     region = frame.region
-    crop, crop_mask = region.crop(frame.canvas), region.crop(frame.mask)
+    crop, crop_mask = frame.region_canvas(), frame.region_mask()
     if job.inpaint.fill == "fill":
         crop = fill(crop, crop_mask)
     init = resize(np.ascontiguousarray(crop), width, height)
@@ -203,6 +193,8 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
 
     def finish(generated):
         patch = resize(np.asarray(generated.convert("RGB")), region.width, region.height)
+        if frame.regional:  # composite the region, copy the rest
+            return paste(frame, patch)
         if alpha is None:
             return Image.fromarray(composite(frame.canvas, patch, frame.alpha, region))
         # The input's own colours and alpha (not the white composite the model saw) under the
@@ -213,6 +205,10 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
         original = np.dstack([straight, e.place(alpha, 255)])
         return Image.fromarray(composite_rgba(original, patch, frame.alpha, region), "RGBA")
 
+    def finish_region(generated):
+        patch = resize(np.asarray(generated.convert("RGB")), region.width, region.height)
+        return Image.fromarray(composite_region(frame, patch))
+
     kwargs = {"image": Image.fromarray(init), "mask_image": Image.fromarray(model_mask), "strength": job.strength}
     attach = None
     if job.inpaint.fill in LATENT_FILL_MODES:
@@ -221,19 +217,26 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
         def attach(pipeline):
             return latent_fill(pipeline, mode, model_mask)
 
-    return TaskInputs(kwargs, finish, steps, attach=attach, frame=frame)
+    return TaskInputs(kwargs, finish, steps, attach=attach, frame=frame,
+                      finish_region=finish_region if frame.regional else None)
 
 
 def inpaint_frame(job: Any, source: np.ndarray, load: Callable[[str, str], np.ndarray],
                   aspect: float | None = None) -> InpaintFrame:
-    """The canvas, mask, feathered alpha and region of inpaint ``job`` on input ``source`` (RGB).
+    """The canvas, mask, feathered alpha and region of inpaint ``job`` on input ``source``
+    (the job's image as it came: uint8 RGB, RGBA or grey; other types are converted).
 
-    ``aspect`` (width / height of the generation size) widens an only-masked region to it."""
+    ``aspect`` (width / height of the generation size) widens an only-masked region to it.
+    Without outpaint only boxes around the mask are read (:func:`.regions.region_frame`)."""
+    raw_mask = read_mask(job, source, load) if job.mask else None
+    if fast_path(source, raw_mask, job):
+        return region_frame(job, source, raw_mask, aspect)
+    pixels, source = source, _rgb(source, "job.image")
     options = job.inpaint
     original_h, original_w = source.shape[:2]
-    if job.mask:
+    if raw_mask is not None:
         try:
-            raw_mask = to_mask(load(job.mask, "job.mask"), (original_w, original_h), "job.mask")
+            raw_mask = to_mask(raw_mask, (original_w, original_h), "job.mask")
         except ImageError as exc:  # size mismatch and the like
             raise JobError(str(exc)) from None
     else:  # outpaint alone: nothing of the input itself is repainted (unless inverted)
@@ -257,7 +260,7 @@ def inpaint_frame(job: Any, source: np.ndarray, load: Callable[[str, str], np.nd
         region = masked_region(mask, options.padding_px, aspect=aspect)
     else:
         region = Region(0, 0, canvas.shape[1], canvas.shape[0])
-    return InpaintFrame(canvas, mask, alpha, region, expansion)
+    return InpaintFrame(canvas, mask, alpha, region, expansion, picture=pixels)
 
 
 @contextlib.contextmanager

@@ -205,3 +205,59 @@ def text_encoder_rule(keys: TensorKeys, meta: Mapping[str, str]) -> ModelIdentit
             "text_encoder", "unknown", "t5xxl" if width == 4096 else "t5", details, "original"
         )
     return None
+
+
+# -- LayerDiffuse (transparent layers) -------------------------------------------
+
+# Input channels of an SDXL LayerDiffuse patch's first convolution: the latent, plus one or two
+# condition latents concatenated to it (fg2ble/bg2ble: one layer; fgble2bg/bgble2fg: a layer and the blend).
+_LAYER_PATCH_VARIANTS = {4: "transparent_conv", 8: "blend_from_layer", 12: "layer_from_blend"}
+_SHARING_VARIANTS = {1: "transparent_attn", 2: "two_layers", 3: "joint"}
+
+
+def layerdiffuse_rule(keys: TensorKeys, meta: Mapping[str, str]) -> ModelIdentity | None:
+    """lllyasviel's LayerDiffuse files: the transparent VAE decoder, SDXL UNet patches in
+    ComfyUI/Forge's patch format (``diffusion_model.<key>::lora::<i>`` or ``::diff::<i>``) and
+    SD1.5's attention-sharing modules (``hookers.layers.<n>...``)."""
+    from ctrlgen.core.models.base_rules import _unet_architecture, _unet_structure
+
+    if keys.has("latent_conv_in.weight") and keys.has("conv_in.weight") and keys.any_prefix("down_blocks."):
+        conv_in, conv_out = keys.shape("conv_in.weight"), keys.shape("conv_out.weight")
+        details = {"levels": len(keys.indices("down_blocks.")), "width": conv_in[0] if conv_in else None,
+                   "in_channels": conv_in[1] if len(conv_in) > 1 else None,
+                   "out_channels": conv_out[0] if conv_out else None}
+        variant = "decoder" if details["out_channels"] == 4 else ""
+        return ModelIdentity("layerdiffuse", "unknown", variant, clean_details(details), "original")
+    if keys.any_prefix("hookers.layers."):
+        frames = len(keys.indices("hookers.layers.0.to_q_lora."))
+        details = {"layers": len(keys.indices("hookers.layers.")), "frames": frames,
+                   "control": keys.any_prefix("kwargs_encoder.")}
+        # Attention sharing exists for SD1.5 only (Forge/ComfyUI patch SD1.5's 16 transformer blocks).
+        return ModelIdentity("layerdiffuse", "sd15", _SHARING_VARIANTS.get(frames, ""), details, "original")
+    patches = [name for name in keys.names if "::" in name and name.startswith("diffusion_model.")]
+    if not patches or len(patches) * 2 < len(keys.names):
+        return None
+    kinds = {name.split("::")[1] for name in patches}
+    # The patched tensors' own names and shapes (a LoRA patch's down matrix [rank, in] stands for
+    # its weight's input width), measured like a checkpoint's UNet.
+    own: dict[str, tuple[int, ...]] = {}
+    for name in patches:
+        key, kind, index = name.split("::")[:3]
+        if (kind == "diff" and index == "0") or (kind == "lora" and index == "1"):
+            own[key] = keys.shape(name)
+    unet = TensorKeys(own)
+    structure = _unet_structure(unet, "diffusion_model.", False)
+    architecture = _unet_architecture(structure)
+    if architecture == "unknown" and unet.any_prefix("diffusion_model.input_blocks.4.1.") and not (
+            unet.any_prefix("diffusion_model.input_blocks.1.1.", "diffusion_model.input_blocks.2.1.")):
+        architecture = "sdxl"  # SDXL has no attention at the first UNet level; SD1/SD2 do
+    details = {"patches": len(own), "in_channels": structure["in_channels"]}
+    if kinds == {"lora"}:
+        ranks = [keys.shape(name)[0] for name in patches if name.endswith("::lora::1") and keys.shape(name)]
+        details["rank"] = max(ranks) if ranks else None
+        variant = "transparent_attn"
+    elif kinds == {"diff"}:
+        variant = _LAYER_PATCH_VARIANTS.get(structure["in_channels"] or 4, "")
+    else:
+        variant = ""
+    return ModelIdentity("layerdiffuse", architecture, variant, clean_details(details), "original")

@@ -29,6 +29,8 @@ KINDS = (
     "embedding",
     "clip_vision",
     "text_encoder",
+    "upscaler",
+    "layerdiffuse",
     "unknown",
 )
 ARCHITECTURES = ("sd15", "sd2", "sdxl", "sd3", "flux", "unknown")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ctrlgen.core.errors import ModelFormatError, UnsafeModelError
-from ctrlgen.core.models import addon_rules
+from ctrlgen.core.models import addon_rules, upscaler_rules
 from ctrlgen.core.models import base_rules as architecture_rules
 from ctrlgen.core.models.base_rules import (
     ARCHITECTURES,
@@ -177,6 +177,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 
 # Most specific first: an IP-Adapter holds LoRA-like keys, a ControlNet holds UNet keys.
 _RULES = (
+    addon_rules.layerdiffuse_rule,  # first: its decoder holds UNet-like down_blocks keys
     addon_rules.ip_adapter_rule,
     architecture_rules.controlnet_rule,
     addon_rules.lora_rule,
@@ -185,6 +186,7 @@ _RULES = (
     addon_rules.embedding_rule,
     addon_rules.clip_vision_rule,
     addon_rules.text_encoder_rule,
+    upscaler_rules.upscaler_rule,  # ESRGAN & co. (last: nothing a diffusion model holds matches)
 )
 
 

@@ -29,6 +29,8 @@ CATEGORIES = (
     "detectors",
     "unet",
     "text_encoders",
+    "upscale_models",
+    "layer_model",
 )
 
 CATEGORY_ALIASES = {
@@ -50,6 +52,11 @@ CATEGORY_ALIASES = {
     "clip": "text_encoders",
     "text_encoder": "text_encoders",
     "vaes": "vae",
+    "upscaler": "upscale_models",
+    "upscalers": "upscale_models",
+    "esrgan": "upscale_models",
+    "layerdiffuse": "layer_model",
+    "layer_models": "layer_model",
 }
 
 # Where an identified kind belongs, whatever folder it was found in.
@@ -64,6 +71,8 @@ KIND_CATEGORY = {
     "embedding": "embeddings",
     "clip_vision": "clip_vision",
     "text_encoder": "text_encoders",
+    "upscaler": "upscale_models",
+    "layerdiffuse": "layer_model",
 }
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")
@@ -91,6 +100,12 @@ MODELS_SUBFOLDERS = {
     "controlnetpreprocessor": "annotators",  # Forge
     "adetailer": "detectors",  # ADetailer's YOLO models (ctrlgen reads their .onnx exports)
     "ultralytics": "detectors",  # ComfyUI-Impact-Pack: ultralytics/bbox, ultralytics/segm
+    "upscale_models": "upscale_models",  # ComfyUI
+    "esrgan": "upscale_models",  # A1111 (and its RealESRGAN, SwinIR, DAT folders)
+    "realesrgan": "upscale_models",
+    "swinir": "upscale_models",
+    "dat": "upscale_models",
+    "layer_model": "layer_model",  # LayerDiffuse: ComfyUI-layerdiffuse and Forge's sd-forge-layerdiffuse
 }
 
 # Folders outside ``models`` (relative to the install folder).
@@ -114,6 +129,8 @@ SUGGESTED_FOLDERS = {
         "annotators": "extensions/sd-webui-controlnet/annotator/downloads",
         "detectors": "models/adetailer",
         "clip_vision": "extensions/sd-webui-controlnet/annotator/downloads/clip_vision",
+        "upscale_models": "models/ESRGAN",
+        "layer_model": "models/layer_model",
     },
     "comfyui": {
         "checkpoints": "models/checkpoints",
@@ -129,6 +146,8 @@ SUGGESTED_FOLDERS = {
         "text_encoders": "models/text_encoders",
         "annotators": "custom_nodes/comfyui_controlnet_aux/ckpts",
         "detectors": "models/ultralytics/bbox",
+        "upscale_models": "models/upscale_models",
+        "layer_model": "models/layer_model",
     },
 }
 

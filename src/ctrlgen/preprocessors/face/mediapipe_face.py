@@ -36,9 +36,9 @@ def _styles():
 
     spec = mp.solutions.drawing_styles.DrawingSpec
     mesh = mp.solutions.face_mesh
-    colors = {  # BGR, as upstream draws (it flips the finished map to RGB)
-        "oval": (10, 200, 10), "left_eye": (180, 200, 10), "left_brow": (180, 220, 10),
-        "right_eye": (10, 200, 180), "right_brow": (10, 220, 180), "lips": (10, 180, 10),
+    colors = {  # upstream's BGR colours (it flips the finished map to RGB), reversed: drawn as RGB here
+        "oval": (10, 200, 10), "left_eye": (10, 200, 180), "left_brow": (10, 220, 180),
+        "right_eye": (180, 200, 10), "right_brow": (180, 220, 10), "lips": (10, 180, 10),
     }
     parts = [("oval", mesh.FACEMESH_FACE_OVAL), ("left_eye", mesh.FACEMESH_LEFT_EYE),
              ("left_brow", mesh.FACEMESH_LEFT_EYEBROW), ("right_eye", mesh.FACEMESH_RIGHT_EYE),
@@ -47,7 +47,7 @@ def _styles():
     for part, edges in parts:
         for edge in edges:
             connections[edge] = spec(color=colors[part], thickness=2, circle_radius=1)
-    irises = {468: (10, 200, 250), 473: (250, 200, 10)}  # right, left pupil (BGR)
+    irises = {468: (250, 200, 10), 473: (10, 200, 250)}  # right, left pupil (RGB; upstream's BGR reversed)
     return connections, irises
 
 
@@ -83,9 +83,12 @@ def run_mediapipe_face(
     work_h, work_w = work.shape[:2]
     mesh = loaded(OWNER, lambda: _face_mesh(max_faces, min_confidence), key=(max_faces, min_confidence))
     styles = loaded(OWNER, _styles, key="styles")
-    with _LOCK:
-        found = mesh.process(np.ascontiguousarray(work)).multi_face_landmarks or []
-    canvas = np.zeros_like(work)
+    with _LOCK:  # (resize returns the image itself at the detection size: no copy unless it needs one)
+        found = mesh.process(work if work.flags.c_contiguous else np.ascontiguousarray(work)).multi_face_landmarks
+    found = found or []
+    # Drawn in RGB directly: upstream draws BGR and flips the finished map, a strided copy of a
+    # canvas-sized array when the map is not resized afterwards.
+    canvas = np.zeros((work_h, work_w, 3), np.uint8)
     faces = []
     for landmarks in found:
         points = np.array([(p.x, p.y) for p in landmarks.landmark], np.float64)
@@ -103,7 +106,7 @@ def run_mediapipe_face(
                      for v in (left * width, top * height, right * width, bottom * height)],
             "landmarks": np.round(scaled, 2).tolist(),
         })
-    return PreprocessResult(resize(canvas[:, :, ::-1], width, height), {"faces": faces})
+    return PreprocessResult(resize(canvas, width, height), {"faces": faces})
 
 
 @hookimpl
