@@ -5,8 +5,8 @@ Usage: python _upscale_rss.py MODEL_ROOT SIDE TILE — the tiny SD1.5 model upsc
 
 from __future__ import annotations
 
+import gc
 import json
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -21,8 +21,22 @@ from ctrlgen.core.models.store import ModelStore
 from ctrlgen.core.plugins.specs import ModelRoot
 
 
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak() -> float:
+    """Reset the peak RSS (VmHWM) to the current RSS and return it: the peak of loading the model
+    in the warm-up job must not hide the job's own (ru_maxrss cannot be reset)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mib("VmRSS")
+
+
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return _status_mib("VmHWM")
 
 
 def main() -> None:
@@ -41,7 +55,8 @@ def main() -> None:
                 "upscale": {"scale": 4, "tile_size": tile_size, "overlap": 32, "denoise": 0.5}}
 
     engine.run(parse_job(job(32, 128)))  # loads the model and warms every code path
-    base = peak_mib()
+    gc.collect()
+    base = reset_peak()
     image = engine.run(parse_job(job(side // 4, tile))).images[0]
     assert image.size == (side, side)
     scratch.cleanup()
