@@ -83,6 +83,11 @@ EXPECTED = {
     "layer_sd15_transparent_attn": ("sd15", "transparent_attn"),
     "vae_transparent_decoder": ("unknown", "decoder"),
     "layer_sd15_vae_transparent_decoder": ("unknown", "decoder"),
+    "layer_sd15_joint": ("sd15", "joint"),
+    "layer_sd15_fg2bg": ("sd15", "two_layers"),
+    "layer_sd15_bg2fg": ("sd15", "two_layers"),
+    "vae_transparent_encoder": ("unknown", "encoder"),
+    "layer_sd15_vae_transparent_encoder": ("unknown", "encoder"),
 }
 
 
@@ -103,25 +108,18 @@ def test_tiny_files_are_identified_by_their_headers_not_their_names(layer_root, 
     assert identify_file(layer_root.files["layer_xl_fg2ble"]).details["in_channels"] == 8
 
 
-def test_sd15_multi_layer_files_are_identified_and_refused_clearly(engine, layer_root, tmp_path):
-    """layer_sd15_joint (3 frames) has the same modules as the transparent file, three times over."""
-    import torch
-    from safetensors.torch import save_file
-
-    from ctrlgen.adapters.layerdiffuse.sharing import build_processors
-
-    unet = engine.load_pipeline(engine.resolve_checkpoint(parse_job(plain(job("sd15"))))).unet
-    holder = torch.nn.Module()
-    holder.hookers = torch.nn.Module()
-    holder.hookers.layers = torch.nn.ModuleList(build_processors(unet, frames=3, rank=4))
-    path = tmp_path / "models" / "layer_model" / "layer_sd15_joint.safetensors"
-    path.parent.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in holder.state_dict().items()}, path)
-    identity = identify_file(path)
-    assert (identity.kind, identity.architecture, identity.variant) == ("layerdiffuse", "sd15", "joint")
-    assert identity.details["frames"] == 3
-    with pytest.raises(JobError, match="multi-layer files.*cannot use yet"):
-        engine.check(parse_job(job("sd15", model=str(path))))
+def test_sd15_multi_layer_files_are_identified_by_frames_and_control(layer_root):
+    """layer_sd15_joint has the transparent file's modules three times over; fg2bg / bg2fg twice,
+    with the picture encoder (kwargs_encoder) and each attention's control convolutions."""
+    joint = identify_file(layer_root.files["layer_sd15_joint"])
+    assert (joint.details["frames"], joint.details["control"]) == (3, False)
+    two = identify_file(layer_root.files["layer_sd15_fg2bg"])
+    assert (two.details["frames"], two.details["control"]) == (2, True)
+    header = load_state_dict(layer_root.files["layer_sd15_bg2fg"])
+    assert "kwargs_encoder.blocks_3.2.weight" in header and "hookers.layers.0.control_convs.1.2.weight" in header
+    assert "hookers.layers.0.to_q_lora.2.down.weight" in load_state_dict(layer_root.files["layer_sd15_joint"])
+    encoder = load_state_dict(layer_root.files["vae_transparent_encoder"])
+    assert set(encoder) == {f"blocks.{i}.{p}" for i in range(0, 17, 2) for p in ("weight", "bias")}
 
 
 @pytest.mark.parametrize("architecture", ["sd15", "sdxl"])
@@ -255,9 +253,16 @@ def test_check_refuses_bad_uses_clearly(engine, picture, use, architecture, erro
         assert word in str(caught.value), (word, str(caught.value))
 
 
-def test_check_refuses_other_tasks(engine, picture):
+def test_check_refuses_other_tasks(engine, picture, tmp_path):
+    from PIL import Image
+
     with pytest.raises(JobError, match="txt2img"):
-        engine.check(parse_job({**job("sd15"), "task": "img2img", "image": picture}))
+        engine.check(parse_job({**job("sd15", mode="joint"), "task": "img2img", "image": picture}))
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(mask)
+    with pytest.raises(JobError, match="inpaint works in mode 'foreground'"):
+        engine.check(parse_job({**job("sd15", mode="joint"), "task": "inpaint", "image": picture, "mask": str(mask)}))
+    engine.check(parse_job({**job("sd15"), "task": "inpaint", "image": picture, "mask": str(mask)}))  # foreground
 
 
 def test_missing_weights_say_which_file_and_where(picture, tmp_path, tiny_model_cache):
@@ -294,8 +299,10 @@ def test_capabilities_list_the_adapter_with_its_schema(fresh_plugins):
     spec = get_registry("adapters").get("layerdiffuse")
     params = {p.name: p for p in spec.params}
     assert set(spec.architectures) == {"sd15", "sdxl"}
-    assert params["mode"].choices == ("foreground", "fg_to_blend", "bg_to_blend", "fg_blend_to_bg", "bg_blend_to_fg")
-    assert params["model"].category == params["decoder"].category == "layer_model"
+    assert params["mode"].choices == ("foreground", "fg_to_blend", "bg_to_blend", "fg_blend_to_bg", "bg_blend_to_fg",
+                                      "joint", "fg_to_bg", "bg_to_fg")
+    assert params["model"].category == params["decoder"].category == params["encoder"].category == "layer_model"
+    assert {"foreground_prompt", "background_prompt", "blended_prompt"} <= set(params)
 
 
 def test_ctrlgen_generate_writes_an_rgba_png(layer_root, tmp_path, monkeypatch):
@@ -345,3 +352,16 @@ class TestLayerDiffuseBlendingContract(AdapterContract):
 
     def adapter_job(self, image):
         return job("sdxl", seed=1, mode="bg_blend_to_fg", background=image, blended=image, augment=False)
+
+
+class TestLayerDiffuseJointContract(AdapterContract):
+    """SD1.5 attention sharing across three frames (cached modules) and the per-frame decoder hook."""
+
+    adapter = "layerdiffuse"
+
+    @pytest.fixture
+    def contract_model_root(self, layer_root):
+        return layer_root
+
+    def adapter_job(self, image):
+        return job("sd15", seed=1, mode="joint", foreground_prompt="a cat", augment=False)

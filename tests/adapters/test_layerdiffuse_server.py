@@ -54,7 +54,10 @@ def test_server_lists_the_adapter_and_the_layer_files(layer_server):
     client = Client(layer_server.url, layer_server.token)
     caps = client.capabilities()
     spec = next(a for a in caps["adapters"] if a["name"] == "layerdiffuse")
-    assert {p["name"] for p in spec["params"]} >= {"mode", "method", "weight", "model", "decoder", "augment"}
+    params = {p["name"]: p for p in spec["params"]}
+    assert set(params) >= {"mode", "method", "weight", "model", "decoder", "encoder", "augment", "foreground_prompt",
+                           "background_prompt", "blended_prompt"}
+    assert {"joint", "fg_to_bg", "bg_to_fg"} <= set(params["mode"]["choices"])
     layer_files = {m["name"]: m for m in caps["models"] if m.get("kind") == "layerdiffuse"}
     assert {"layer_xl_transparent_attn", "vae_transparent_decoder"} <= set(layer_files)
 
@@ -93,3 +96,16 @@ def test_a_bad_use_is_refused_before_queueing(layer_server):
     status, answer = layer_server.json("POST", "/v1/jobs", {"job": job(mode="fg_to_blend")})
     assert status == 422
     assert "foreground" in answer["error"]["message"]
+
+
+def test_joint_layers_come_back_as_three_results_per_seed(layer_server):
+    """SD1.5 joint through the server: per seed the transparent foreground (4 channels), then the
+    background and the blend (3), in that order (docs/jobs.md)."""
+    client = Client(layer_server.url, layer_server.token)
+    job_id = client.submit({**job(mode="joint", background_prompt="a wooden table"), "model": "tiny-sd15"})
+    final = client.wait(job_id)
+    assert final.kind == "finished", final.data
+    results = final.data["results"]
+    assert [r["channels"] for r in results] == [4, 3, 3]
+    assert [r["label"] for r in results] == ["foreground", "background", "blended"]
+    assert {r["seed"] for r in results} == {11}

@@ -14,10 +14,16 @@ and Forge keep them:
   ``layer_xl_fgble2bg`` / ``layer_xl_bgble2fg`` (12) — the same, for the blending modes;
 * ``layer_sd15_transparent_attn.safetensors`` — SD1.5 attention sharing, one frame:
   ``hookers.layers.<n>.to_q_lora.0.down.weight`` ... ``temporal_o.bias`` for each attention;
+* ``layer_sd15_joint`` (three frames) and ``layer_sd15_fg2bg`` / ``layer_sd15_bg2fg`` (two
+  frames, with the picture encoder ``kwargs_encoder.blocks_0..3`` and each attention's
+  ``control_convs.<f>``; narrow: 16 channels where the release has 256);
 * ``vae_transparent_decoder.safetensors`` and ``layer_sd15_vae_transparent_decoder.safetensors``
-  — the transparent decoder's full layout (seven levels, attention in the last three), narrow.
+  — the transparent decoder's full layout (seven levels, attention in the last three), narrow;
+* ``vae_transparent_encoder`` and ``layer_sd15_vae_transparent_encoder`` — the transparent
+  encoder (``blocks.0`` ... ``blocks.16``), narrow, its last layer not zero (a trained one is not).
 
-:func:`write_tiny_layerdiffuse` builds them once per cache folder and links them into a root.
+:func:`write_tiny_layerdiffuse` builds them once per cache folder and links them into a root
+(through :mod:`ctrlgen.testing.tiny_files`, the writers' shared file code).
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ctrlgen.core.models.configs import link_or_copy
-from ctrlgen.core.models.tokenizer import publish_folder
+from ctrlgen.testing.tiny_files import build_once, place, save_tensors
 
-TINY_LAYERDIFFUSE_VERSION = "2"
+TINY_LAYERDIFFUSE_VERSION = "3"
+CONTROL_WIDTH = 16  # the released picture encoder: 256
+ENCODER_WIDTHS = (8, 8, 8, 8, 16, 16, 16, 16)  # the released encoder: (32, 32, 64, 64, 128, 128, 256, 256)
 RANK = 4
 DECODER_WIDTHS = (8, 8, 8, 8, 16, 16, 16)  # the real one: (32, 32, 64, 128, 256, 512, 512)
 DECODER_ATTENDS = (False, False, False, False, True, True, True)
@@ -98,27 +105,50 @@ def diff_patches(unet: Any, seed: int, in_channels: int = 4) -> dict[str, Any]:
     return patches
 
 
-def sharing_state_dict(unet: Any, seed: int) -> dict[str, Any]:
-    """SD1.5 attention sharing for ``unet`` (one frame), random, in the released key layout."""
+def sharing_state_dict(unet: Any, seed: int, frames: int = 1, control: bool = False) -> dict[str, Any]:
+    """SD1.5 attention sharing for ``unet`` (``frames`` frames; ``control``: with the picture
+    encoder), random, in the released key layout."""
     import torch
 
-    from ctrlgen.adapters.layerdiffuse.sharing import build_processors
+    from ctrlgen.adapters.layerdiffuse.sharing import build_control_encoder, build_processors
 
     torch.manual_seed(seed)
-    processors = build_processors(unet, frames=1, rank=RANK)
+    processors = build_processors(unet, frames=frames, rank=RANK, control_width=CONTROL_WIDTH if control else None)
     holder = torch.nn.Module()
     holder.hookers = torch.nn.Module()
     holder.hookers.layers = torch.nn.ModuleList(processors)
+    if control:
+        widths = [(3, 8), (8, 8), (8, 8), (8, 8), (8, 16), (16, 16), (16, CONTROL_WIDTH), (CONTROL_WIDTH, CONTROL_WIDTH)]
+        more = [(CONTROL_WIDTH, CONTROL_WIDTH)] * 2
+        holder.kwargs_encoder = build_control_encoder({"blocks_0": widths, "blocks_1": more, "blocks_2": more,
+                                                       "blocks_3": more})
     generator = torch.Generator().manual_seed(seed)
     result = {}
     for name, tensor in holder.state_dict().items():
-        if name.endswith(("lora.0.up.weight", "lora.0.down.weight")):
+        if ".up.weight" in name or ".down.weight" in name:
             value = torch.randn(tensor.shape, generator=generator) * _PATCH_STD * 2
         elif ".temporal_n." in name:
             value = (1.0 if name.endswith("weight") else 0.0) + torch.randn(tensor.shape, generator=generator) * 0.1
+        elif tensor.ndim == 4:  # convolutions: variance-keeping
+            value = torch.randn(tensor.shape, generator=generator) * (tensor[0].numel() ** -0.5)
         else:
             value = torch.randn(tensor.shape, generator=generator) * (tensor.shape[-1] ** -0.5) * 0.5
         result[name] = value.contiguous()
+    return result
+
+
+def encoder_state_dict(seed: int) -> dict[str, Any]:
+    """The transparent encoder's layout (``blocks.0`` ... ``blocks.16``: RGBA in, 4 out), narrow, random."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    channels = (4, *ENCODER_WIDTHS, 4)
+    result = {}
+    for index in range(len(channels) - 1):
+        inputs, outputs = channels[index], channels[index + 1]
+        std = (inputs * 9) ** -0.5 * (0.01 if index == len(channels) - 2 else 1.0)  # offsets of a few 0.01 × 300
+        result[f"blocks.{2 * index}.weight"] = torch.randn(outputs, inputs, 3, 3, generator=generator) * std
+        result[f"blocks.{2 * index}.bias"] = torch.randn(outputs, generator=generator) * 0.01
     return result
 
 
@@ -132,17 +162,21 @@ def tiny_files(unets: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for index, (stem, channels) in enumerate(BLENDING.items()):
             files[stem] = diff_patches(unet, 10 + index, channels)
         files["vae_transparent_decoder"] = tiny_decoder(4).state_dict()
+        files["vae_transparent_encoder"] = encoder_state_dict(6)
     if "sd15" in unets:
-        files["layer_sd15_transparent_attn"] = sharing_state_dict(unets["sd15"], 3)
+        unet = unets["sd15"]
+        files["layer_sd15_transparent_attn"] = sharing_state_dict(unet, 3)
+        files["layer_sd15_joint"] = sharing_state_dict(unet, 20, frames=3)
+        files["layer_sd15_fg2bg"] = sharing_state_dict(unet, 21, frames=2, control=True)
+        files["layer_sd15_bg2fg"] = sharing_state_dict(unet, 22, frames=2, control=True)
         files["layer_sd15_vae_transparent_decoder"] = tiny_decoder(5).state_dict()
+        files["layer_sd15_vae_transparent_encoder"] = encoder_state_dict(7)
     return files
 
 
 def _save(files: dict[str, dict[str, Any]], folder: Path) -> None:
-    from safetensors.torch import save_file
-
     for stem, state_dict in files.items():
-        save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, folder / f"{stem}.safetensors")
+        save_tensors(state_dict, folder / f"{stem}.safetensors")
 
 
 def _build(folder: Path, cache_dir: Path) -> None:
@@ -159,17 +193,7 @@ def _build(folder: Path, cache_dir: Path) -> None:
 
 def build_tiny_layerdiffuse(cache_dir: Path) -> Path:
     """Build (once) the tiny LayerDiffuse files under ``cache_dir``; returns their folder."""
-    import diffusers
-
-    folder = Path(cache_dir) / f"layerdiffuse-v{TINY_LAYERDIFFUSE_VERSION}-diffusers{diffusers.__version__}"
-    if not (folder / ".complete").is_file():
-
-        def build(tmp: Path) -> None:
-            _build(tmp, Path(cache_dir))
-            (tmp / ".complete").write_text("", encoding="utf-8")
-
-        publish_folder(folder, build)
-    return folder
+    return build_once(cache_dir, "layerdiffuse", TINY_LAYERDIFFUSE_VERSION, lambda tmp: _build(tmp, Path(cache_dir)))
 
 
 def write_tiny_layerdiffuse(root: Path, cache_dir: Path | None = None, names: tuple[str, ...] | None = None, *,
@@ -179,20 +203,10 @@ def write_tiny_layerdiffuse(root: Path, cache_dir: Path | None = None, names: tu
     linked, or, given ``unets`` (``{"sd15": unet, "sdxl": unet}``: loaded tiny UNets), written
     for those directly."""
     target_folder = Path(root) / "models" / "layer_model"
-    target_folder.mkdir(parents=True, exist_ok=True)
     if unets is not None:
         files = {stem: sd for stem, sd in tiny_files(unets).items() if names is None or stem in names}
         _save(files, target_folder)
         return {stem: target_folder / f"{stem}.safetensors" for stem in files}
     if cache_dir is None:
         raise ValueError("give cache_dir (where the tiny models are built) or unets")
-    built = build_tiny_layerdiffuse(cache_dir)
-    placed = {}
-    for source in sorted(built.glob("*.safetensors")):
-        if names is not None and source.stem not in names:
-            continue
-        target = target_folder / source.name
-        if not target.exists():
-            link_or_copy(source, target)
-        placed[source.stem] = target
-    return placed
+    return place(build_tiny_layerdiffuse(cache_dir).glob("*.safetensors"), target_folder, names)

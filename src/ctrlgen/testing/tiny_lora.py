@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ctrlgen.core.models.configs import link_or_copy
-from ctrlgen.core.models.tokenizer import publish_folder
+from ctrlgen.testing.tiny_files import build_once
 
 TINY_ADDONS_VERSION = "2"
 RANK = 4
@@ -203,17 +203,7 @@ def _build(folder: Path, cache_dir: Path) -> None:
 
 def build_tiny_addons(cache_dir: Path) -> Path:
     """Build (once) every tiny add-on under ``cache_dir``; returns the folder."""
-    import diffusers
-
-    folder = Path(cache_dir) / f"addons-v{TINY_ADDONS_VERSION}-diffusers{diffusers.__version__}"
-    if not (folder / ".complete").is_file():
-
-        def build(tmp: Path) -> None:
-            _build(tmp, Path(cache_dir))
-            (tmp / ".complete").write_text("", encoding="utf-8")
-
-        publish_folder(folder, build)
-    return folder
+    return build_once(Path(cache_dir), "addons", TINY_ADDONS_VERSION, lambda tmp: _build(tmp, Path(cache_dir)))
 
 
 def write_tiny_addons(root: Path, cache_dir: Path) -> TinyAddons:

@@ -10,8 +10,13 @@ result is RGBA (alpha from the decoder). The files are the ones users keep in
 - ``patches.py`` — SDXL patches: attention injection as a PEFT LoRA (diffusers'
   ``load_lora_weights``), conv injection and the blending patches as weight differences
   (the blending ones widen the first convolution to read condition latents).
-- ``sharing.py`` — SD1.5 attention injection as diffusers attention processors.
+- ``sharing.py`` — SD1.5 attention sharing as diffusers attention processors: the transparent
+  mode (one frame) and the multi-layer modes (``joint``, ``fg_to_bg``, ``bg_to_fg``: 2–3 images
+  per seed generated together, each frame with its own prompt).
 - ``decoder.py`` — the transparent decoder, run inside ``vae.decode`` by hooks.
+- ``encoder.py`` — the transparent encoder: img2img or inpaint of an RGBA picture puts its alpha into the
+  starting latent, inside ``vae.encode``.
+- ``attach.py`` — one job's attachment: the files (read once per engine), the frames, the hooks.
 
 Everything is undone when the job ends (success, error or cancel).
 """
@@ -28,11 +33,16 @@ OWNER = "layerdiffuse"
 
 PARAMS = (
     Param("mode", "choice", default="foreground",
-          choices=("foreground", "fg_to_blend", "bg_to_blend", "fg_blend_to_bg", "bg_blend_to_fg"),
-          description="foreground: a transparent layer (RGBA); fg_to_blend / bg_to_blend: a whole picture around "
-                      "the given foreground / in front of the given background; fg_blend_to_bg: the background "
-                      "of `blended` behind `foreground`; bg_blend_to_fg: the transparent foreground of `blended` "
-                      "over `background` (RGBA). All but foreground exist for SDXL only"),
+          choices=("foreground", "fg_to_blend", "bg_to_blend", "fg_blend_to_bg", "bg_blend_to_fg", "joint",
+                   "fg_to_bg", "bg_to_fg"),
+          description="foreground: a transparent layer (RGBA; txt2img, or img2img/inpaint of an RGBA job.image); "
+                      "fg_to_blend / bg_to_blend (SDXL): a whole picture around the given foreground / in front "
+                      "of the given background; fg_blend_to_bg (SDXL): the background of `blended` behind "
+                      "`foreground`; bg_blend_to_fg (SDXL): the transparent foreground of `blended` over "
+                      "`background` (RGBA); joint (SD1.5): three images per seed, the transparent foreground, "
+                      "the background and their blend; fg_to_bg (SD1.5): the background and the blend for the "
+                      "given `foreground`; bg_to_fg (SD1.5): the transparent foreground and the blend for the "
+                      "given `background`"),
     Param("method", "choice", default="attention", choices=("attention", "conv"),
           description="foreground mode on SDXL: attention injection (layer_xl_transparent_attn) or conv injection "
                       "(layer_xl_transparent_conv); SD1.5 has attention injection only"),
@@ -44,9 +54,21 @@ PARAMS = (
     Param("decoder", "model", category="layer_model",
           description="The transparent VAE decoder for RGBA results; default: found in the model folders "
                       "(vae_transparent_decoder.safetensors for SDXL, layer_sd15_vae_transparent_decoder for SD1.5)"),
-    Param("foreground", "image", description="The foreground layer (RGBA or RGB) for fg_to_blend and fg_blend_to_bg"),
-    Param("background", "image", description="The background (RGB) for bg_to_blend and bg_blend_to_fg"),
+    Param("encoder", "model", category="layer_model",
+          description="The transparent VAE encoder for img2img and inpaint of an RGBA job.image (its alpha goes into the "
+                      "latent); default: found in the model folders (vae_transparent_encoder.safetensors for "
+                      "SDXL, layer_sd15_vae_transparent_encoder for SD1.5)"),
+    Param("foreground", "image", description="The foreground layer (RGBA or RGB) for fg_to_blend, fg_blend_to_bg "
+                                             "and fg_to_bg"),
+    Param("background", "image", description="The background (RGB) for bg_to_blend, bg_blend_to_fg and bg_to_fg"),
     Param("blended", "image", description="The blended picture for fg_blend_to_bg and bg_blend_to_fg"),
+    Param("foreground_prompt", "str", default="",
+          description="joint and bg_to_fg: what the foreground image shows, put before the job's prompt for it "
+                      "(empty: the job's prompt)"),
+    Param("background_prompt", "str", default="",
+          description="joint and fg_to_bg: what the background image shows, put before the job's prompt for it"),
+    Param("blended_prompt", "str", default="",
+          description="joint, fg_to_bg and bg_to_fg: what the blended image shows, put before the job's prompt"),
     Param("augment", "bool", default=True,
           description="Decode alpha as the median of 8 flipped and turned passes, as LayerDiffuse does "
                       "(cleaner edges); off: one pass, 8× faster"),
@@ -61,11 +83,17 @@ def _checked_use(context, uses) -> dict:
     if len(uses) != 1:
         raise JobError(f"the job lists the layerdiffuse adapter {len(uses)} times; give it once")
     use, job = uses[0], context.job
-    if job.task != "txt2img" or getattr(job, "hires", None) is not None:
+    mode = MODES[use["mode"]]
+    on_picture = job.task in ("img2img", "inpaint") and use["mode"] == "foreground"
+    if (job.task != "txt2img" and not on_picture) or getattr(job, "hires", None) is not None:
         what = "hires fix" if job.task == "txt2img" else f"{job.task} jobs"
-        raise JobError(f"layerdiffuse works on txt2img jobs (without hires fix), not on {what}: a transparent "
-                       "layer is generated whole; paste it into the picture on the host")
+        if job.task in ("img2img", "inpaint"):
+            what = f"{job.task} in mode {use['mode']!r} ({job.task} works in mode 'foreground')"
+        raise JobError(f"layerdiffuse works on txt2img jobs, and img2img and inpaint in mode 'foreground' (without "
+                       f"hires fix), not on {what}: generate the layer with txt2img and place it on the host")
     patch_variant(use["mode"], context.architecture, use["method"])
+    if mode.frames and any(u.type.strip().lower() == "region" for u in job.adapters):
+        raise JobError(f"layerdiffuse mode {use['mode']!r} and regions both replace the UNet's attention; drop one")
     missing = [name for name in MODES[use["mode"]].images if not use[name]]
     if missing:
         raise JobError(f"layerdiffuse mode {use['mode']!r} needs the image(s) {', '.join(missing)}: give "
@@ -82,84 +110,15 @@ def check_layerdiffuse(context, uses) -> None:
     from ctrlgen.adapters.layerdiffuse.weights import find_files
 
     use = _checked_use(context, uses)
-    find_files(context.store, use, context.architecture)
-
-
-def _read_layers(context, use) -> list:
-    from ctrlgen.adapters.layerdiffuse.weights import MODES
-    from ctrlgen.core.engine import engine
-    from ctrlgen.core.errors import ImageError, JobError
-
-    load = context.image_source or engine.load_image_file  # RGBA kept: a foreground's alpha matters
-    layers = []
-    for name in MODES[use["mode"]].images:
-        try:
-            layers.append(load(use[name], f"layerdiffuse.{name}"))
-        except ImageError as exc:
-            raise JobError(f"layerdiffuse.{name}: {exc}") from None
-    return layers
-
-
-def _patch(context, use, entry, condition):
-    """The context manager that puts ``entry``'s UNet patch on the job's UNet."""
-    from ctrlgen.adapters.layerdiffuse.patches import DiffPatch, lora_state_dict
-    from ctrlgen.adapters.layerdiffuse.sharing import SharingPatch
-    from ctrlgen.core.models.identify import load_state_dict
-
-    state_dict = load_state_dict(entry.path, allow_pickle=context.store.allow_pickle)
-    unet = context.pipeline.unet
-    layers_per_block = unet.config.layers_per_block
-    if entry.identity.architecture == "sd15" and entry.identity.details.get("frames"):
-        return SharingPatch(unet, state_dict, use["weight"], frames=int(entry.identity.details["frames"]))
-    if any("::lora::" in key for key in state_dict):
-        return _lora(context, use, entry, lora_state_dict(state_dict, layers_per_block))
-    return DiffPatch(unet, state_dict, use["weight"], condition, layers_per_block)
-
-
-@contextlib.contextmanager
-def _lora(context, use, entry, state_dict):
-    from ctrlgen.adapters.lora.loading import LoadedLoras
-    from ctrlgen.core.errors import JobError
-
-    loaded = LoadedLoras(context.pipeline)  # keeps the job's other LoRAs active beside this one
-    name = "ctrlgen_layerdiffuse"  # its own adapter name: the lora adapter numbers its own
-    try:
-        try:
-            loaded.names.append(name)
-            loaded.weights[name] = (use["weight"], use["weight"])
-            context.pipeline.load_lora_weights(state_dict, adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise JobError(f"layerdiffuse.model {entry.name!r} does not fit this UNet: {str(exc)[:300]}") from exc
-        loaded.activate()
-        yield
-    finally:
-        loaded.restore()
+    find_files(context.store, use, context.architecture, context.job.task)
 
 
 @contextlib.contextmanager
 def attach_layerdiffuse(context, uses):
-    """Patch the UNet (and, for transparent results, hook the VAE's decode) for this job."""
-    from ctrlgen.adapters.layerdiffuse.decoder import DecodeHook, load_decoder
-    from ctrlgen.adapters.layerdiffuse.weights import MODES, condition_latents, find_files
-    from ctrlgen.core.models.annotators import loaded
-    from ctrlgen.core.models.identify import load_state_dict
+    """Patch the UNet (and hook the VAE's decode and encode where the mode needs) for this job."""
+    from ctrlgen.adapters.layerdiffuse.attach import attached
 
-    use = _checked_use(context, uses)
-    files = find_files(context.store, use, context.architecture)
-    condition = None
-    if MODES[use["mode"]].images:
-        condition = condition_latents(context.pipeline, _read_layers(context, use), context.width, context.height)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_patch(context, use, files.patch, condition))
-        if files.decoder is not None:
-            path = files.decoder.path
-
-            def load():
-                return load_decoder(load_state_dict(path, allow_pickle=context.store.allow_pickle),
-                                    context.device, context.dtype)
-
-            model = loaded(OWNER, load, key=(str(path.resolve()), context.device, str(context.dtype)))
-            stack.enter_context(DecodeHook(context.pipeline.vae, model, use["augment"]))
+    with attached(context, _checked_use(context, uses)):
         yield context
 
 

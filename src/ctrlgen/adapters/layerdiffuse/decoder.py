@@ -157,12 +157,16 @@ def decode_rgba(model, pixels, latent, augment: bool = True):
 class DecodeHook:
     """While active, ``vae.decode`` returns RGBA from the transparent decoder (see the module doc)."""
 
-    def __init__(self, vae: Any, model: Any, augment: bool) -> None:
-        self.vae, self.model, self.augment = vae, model, augment
+    def __init__(self, vae: Any, model: Any, augment: bool, every: int = 1) -> None:
+        # every: of each group of ``every`` rows (SD1.5's multi-frame modes: the frames of one
+        # seed), the first is the transparent layer; the others are opaque (alpha 1).
+        self.vae, self.model, self.augment, self.every = vae, model, augment, every
         self.latent = None
+        self.position = 0
         self.handles: list[Any] = []
 
     def __enter__(self) -> DecodeHook:
+        self.position = 0
         quant = getattr(self.vae, "post_quant_conv", None)
         keeper = quant if quant is not None else self.vae.decoder
         self.handles.append(keeper.register_forward_pre_hook(self._keep_latent))
@@ -185,10 +189,20 @@ class DecodeHook:
         if self.latent is None or sample.shape[1] != 3:
             return output
         pixels = (sample.float() / 2 + 0.5).clamp(0, 1)
-        found = decode_rgba(self.model, pixels.to(self.model_device()), self.latent.to(self.model_device()),
+        rows, latent, count = None, self.latent, sample.shape[0]
+        if self.every > 1:  # VAE slicing decodes a row at a time: count the rows seen
+            rows = (self.position + torch.arange(count)) % self.every == 0
+            self.position = (self.position + count) % self.every
+        if rows is not None:
+            pixels, latent = pixels[rows], latent[rows]
+        found = decode_rgba(self.model, pixels.to(self.model_device()), latent.to(self.model_device()),
                             self.augment)
         rgba = torch.cat([found[:, 1:4], found[:, :1]], dim=1) * 2 - 1
         self.latent = None
+        if rows is not None:
+            opaque = torch.cat([sample.float(), torch.ones_like(sample[:, :1], dtype=torch.float32)], dim=1)
+            opaque[rows] = rgba.to(opaque.device, torch.float32)
+            rgba = opaque
         return rgba.to(device=sample.device, dtype=sample.dtype)
 
     def model_device(self):

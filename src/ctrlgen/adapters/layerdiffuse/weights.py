@@ -30,6 +30,9 @@ class Mode:
     variant: str = ""  # the patch's identity variant (foreground: by method, see patch_variant)
     release: str = ""  # the released file's name, for hints and ties
     description: str = ""
+    # SD1.5's multi-frame modes: the images each seed gives, in batch order ("foreground" is the
+    # transparent one); empty: one image per seed.
+    frames: tuple[str, ...] = ()
 
 
 MODES = {
@@ -42,12 +45,21 @@ MODES = {
                            "the background of a blended picture, given its foreground"),
     "bg_blend_to_fg": Mode(("sdxl",), ("background", "blended"), True, "layer_from_blend", "layer_xl_bgble2fg",
                            "the transparent foreground of a blended picture, given its background (RGBA)"),
+    "joint": Mode(("sd15",), (), True, "joint", "layer_sd15_joint",
+                  "a transparent foreground, a background and their blend, generated together",
+                  frames=("foreground", "background", "blended")),
+    "fg_to_bg": Mode(("sd15",), ("foreground",), False, "two_layers", "layer_sd15_fg2bg",
+                     "a background (and the blend) for the given foreground", frames=("background", "blended")),
+    "bg_to_fg": Mode(("sd15",), ("background",), True, "two_layers", "layer_sd15_bg2fg",
+                     "a transparent foreground (and the blend) for the given background",
+                     frames=("foreground", "blended")),
 }
 
 _FOREGROUND = {("sdxl", "attention"): ("transparent_attn", "layer_xl_transparent_attn"),
                ("sdxl", "conv"): ("transparent_conv", "layer_xl_transparent_conv"),
                ("sd15", "attention"): ("transparent_attn", "layer_sd15_transparent_attn")}
 DECODERS = {"sdxl": "vae_transparent_decoder", "sd15": "layer_sd15_vae_transparent_decoder"}
+ENCODERS = {"sdxl": "vae_transparent_encoder", "sd15": "layer_sd15_vae_transparent_encoder"}
 
 
 def patch_variant(mode: str, architecture: str, method: str) -> tuple[str, str]:
@@ -56,7 +68,8 @@ def patch_variant(mode: str, architecture: str, method: str) -> tuple[str, str]:
     if architecture not in spec.architectures:
         raise JobError(f"layerdiffuse mode {mode!r} exists for {', '.join(spec.architectures)} models only "
                        f"(LayerDiffuse released no {architecture} weights for it); this checkpoint is "
-                       f"{architecture}: use mode 'foreground' or an SDXL checkpoint")
+                       f"{architecture}: use a mode made for {architecture} "
+                       f"({', '.join(m for m, s in MODES.items() if architecture in s.architectures)})")
     if mode != "foreground":
         return spec.variant, spec.release
     if (architecture, method) not in _FOREGROUND:
@@ -73,15 +86,12 @@ def _describe(entry: Any) -> str:
 def _pick(store: Any, named: str | None, what: str, variant: str, architecture: str, release: str) -> Any:
     """The store entry for ``what``: the one the job named (checked), else the only fitting one in
     the store, else the one with the released name."""
-    param = "decoder" if variant == "decoder" else "model"
+    param = variant if variant in ("decoder", "encoder") else "model"
     if named:
         entry = store.find(named, category="layer_model")
         identity = entry.identity
         if identity.kind != "layerdiffuse" or identity.variant != variant or \
                 identity.architecture not in (architecture, "unknown"):
-            if identity.kind == "layerdiffuse" and identity.variant in ("joint", "two_layers"):
-                raise JobError(f"layerdiffuse.{param} {named!r} is one of SD1.5's multi-layer files (layer_sd15_joint, "
-                               "fg2bg, bg2fg), which ctrlgen cannot use yet; use SDXL's blending modes")
             found = _describe(entry) if identity.kind == "layerdiffuse" else f"a {identity.kind} file"
             raise JobError(f"layerdiffuse.{param} {named!r} is {found}; this job needs the {what}, a "
                            f"{architecture} {variant} file such as {release}.safetensors")
@@ -110,44 +120,55 @@ def _pick(store: Any, named: str | None, what: str, variant: str, architecture: 
 class Files:
     patch: Any
     decoder: Any = None
+    encoder: Any = None
 
 
-def find_files(store: Any, use: dict[str, Any], architecture: str) -> Files:
-    """The UNet patch and (for transparent results) the decoder a use needs."""
+def find_files(store: Any, use: dict[str, Any], architecture: str, task: str = "txt2img") -> Files:
+    """The UNet patch, (for transparent results) the decoder and (img2img and inpaint of a
+    transparent layer) the encoder a use needs."""
     mode = use["mode"]
     variant, release = patch_variant(mode, architecture, use["method"])
     patch = _pick(store, use["model"], f"model (UNet patch) for mode {mode!r}", variant, architecture, release)
-    decoder = None
+    decoder = encoder = None
     if MODES[mode].transparent:
         decoder = _pick(store, use["decoder"], "decoder (transparent VAE decoder)", "decoder", architecture,
                         DECODERS[architecture])
-    return Files(patch, decoder)
+    if task in ("img2img", "inpaint"):
+        encoder = _pick(store, use.get("encoder"), "encoder (transparent VAE encoder, for an RGBA job.image)",
+                        "encoder", architecture, ENCODERS[architecture])
+    return Files(patch, decoder, encoder)
+
+
+def layer_pixels(pixels: Any, width: int, height: int):
+    """A mode's image as LayerDiffuse reads it: transparent pixels over mid-grey, cropped and
+    resized to the generation size; a 1×3×H×W float tensor in [-1, 1]."""
+    import numpy as np
+    import torch
+
+    from ctrlgen.core.images import fit, to_rgb
+
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:  # 16-bit or float pictures: as RGB
+        pixels = to_rgb(pixels, "layerdiffuse image")
+    array = pixels.astype(np.float32) / 255.0
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] in (2, 4):  # grey+alpha or RGBA: over mid-grey, as LayerDiffuse trained
+        colour, alpha = array[:, :, :-1], array[:, :, -1:]
+        array = 0.5 + (colour - 0.5) * alpha
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    fitted = fit((array * 255 + 0.5).astype(np.uint8), width, height, "crop_and_resize")
+    return torch.from_numpy(fitted.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
 
 
 def condition_latents(pipeline: Any, layers: list[Any], width: int, height: int):
     """The mode's images as latents, stacked on the channel axis (1×4n×h×w), as the blending
     patches read them: transparent pixels over mid-grey, cropped to the generation size, VAE
     means scaled by the VAE's scaling factor."""
-    import numpy as np
     import torch
 
-    from ctrlgen.core.images import fit, to_rgb
-
-    tensors = []
-    for pixels in layers:
-        pixels = np.asarray(pixels)
-        if pixels.dtype != np.uint8:  # 16-bit or float pictures: as RGB
-            pixels = to_rgb(pixels, "layerdiffuse image")
-        array = pixels.astype(np.float32) / 255.0
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if array.shape[2] in (2, 4):  # grey+alpha or RGBA: over mid-grey, as LayerDiffuse trained
-            colour, alpha = array[:, :, :-1], array[:, :, -1:]
-            array = 0.5 + (colour - 0.5) * alpha
-        if array.shape[2] == 1:
-            array = np.repeat(array, 3, axis=2)
-        fitted = fit((array * 255 + 0.5).astype(np.uint8), width, height, "crop_and_resize")
-        tensors.append(torch.from_numpy(fitted.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
+    tensors = [layer_pixels(pixels, width, height) for pixels in layers]
     vae = pipeline.vae
     device = vae.device  # where its weights are now: adapters attach before offloading hooks exist
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)

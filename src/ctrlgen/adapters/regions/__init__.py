@@ -4,8 +4,9 @@ Each use of the ``region`` adapter is one region: a grey mask (white = the regio
 a prompt (A1111 syntax, ``AND`` sub-prompts included) and a negative prompt; the job's own
 prompt is the root prompt, seen by the whole canvas. The prompts are encoded side by side
 (:mod:`ctrlgen.core.engine.composition`), and :mod:`.attention` masks every cross-attention
-layer so each region's tokens reach only the latents under its mask. Works for txt2img, img2img
-and inpaint, SD1.5, SD2 and SDXL, with ControlNet units (their cross-attention is masked too)
+layer so each region's tokens reach only the latents under its mask. Works for txt2img, img2img,
+inpaint and upscale, with hires fix (the enlarged passes get the masks resized to their size,
+and a tiled pass crops them per tile), SD1.5, SD2 and SDXL, with ControlNet units (their cross-attention is masked too)
 and the other adapters. A region may bring ControlNet units of its own, whose residuals act
 only under its mask (:mod:`.control`), and IP-Adapter images masked by it (:mod:`.ip_adapter`). The hooks are removed after the job, success, error or
 cancel.
@@ -62,12 +63,9 @@ def _owners(context) -> list[str]:
 def _check_task(job) -> None:
     from ctrlgen.core.errors import JobError
 
-    if job.task not in ("txt2img", "img2img", "inpaint"):
-        raise JobError(f"regions work on txt2img, img2img and inpaint jobs, not task {job.task!r}; drop the "
-                       f"{NAME} uses from job.adapters")
-    if getattr(job, "hires", None) is not None:
-        raise JobError(f"regions do not work with job.hires yet (its second pass has another size); drop job.hires "
-                       f"or the {NAME} uses")
+    if job.task not in ("txt2img", "img2img", "inpaint", "upscale"):
+        raise JobError(f"regions work on txt2img, img2img, inpaint and upscale jobs (and with hires fix), not task "
+                       f"{job.task!r}; drop the {NAME} uses from job.adapters")
 
 
 def check_regions(context, uses):

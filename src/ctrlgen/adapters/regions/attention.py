@@ -12,6 +12,11 @@ pixel has tokens to attend to.
 The mask goes in as the layer's ``attention_mask`` argument, which every diffusers attention
 processor applies (IP-Adapter's to its text tokens), so processors other adapters install keep
 working, in any order. The hooks are removed on exit by their handles.
+
+In a tiled pass (the upscale task's refine, a tiled hires fix) the UNet sees one tile at a
+time (:func:`ctrlgen.core.engine.tiling.current_tile`): the masks are cropped to the tile's
+window before they are brought to the layer's resolution, so a region's tokens reach only the
+tile's latents under its mask, and a tile outside every region attends to the root prompt alone.
 """
 
 from __future__ import annotations
@@ -49,10 +54,10 @@ class RegionalAttention:
         self.handles = []
         self._biases.clear()
 
-    def grid(self, queries: int) -> tuple[int, int]:
+    def grid(self, queries: int, latent: tuple[int, int] | None = None) -> tuple[int, int]:
         """The ``(height, width)`` of a layer with ``queries`` pixels (each UNet level halves
-        the latent, rounding up)."""
-        height, width = self.latent
+        the latent, or the tile's ``latent`` size, rounding up)."""
+        height, width = latent or self.latent
         for level in range(8):
             factor = 2**level
             h, w = math.ceil(height / factor), math.ceil(width / factor)
@@ -61,24 +66,31 @@ class RegionalAttention:
         raise RuntimeError(f"regions: a cross-attention layer has {queries} query pixels, which is no level "
                            f"of the {width}×{height} latent")
 
-    def level_masks(self, height: int, width: int) -> Any:
-        """The regions' masks at a layer's ``height``×``width`` (torch, regions × h × w)."""
+    def level_masks(self, height: int, width: int, window: tuple[int, int, int, int] | None = None) -> Any:
+        """The regions' masks at a layer's ``height``×``width`` (torch, regions × h × w); ``window``
+        ``(top, left, height, width)`` in latent pixels: the part of the canvas a tile covers."""
         import torch
         import torch.nn.functional as F
 
-        stacked = torch.from_numpy(np.stack(self.masks).astype(np.float32))[:, None]
+        masks = np.stack(self.masks).astype(np.float32)
+        if window is not None:
+            top, left, tile_h, tile_w = window
+            factor = masks.shape[1] // self.latent[0]  # mask pixels per latent pixel (8)
+            masks = masks[:, top * factor: (top + tile_h) * factor, left * factor: (left + tile_w) * factor]
+        stacked = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
         return F.interpolate(stacked, size=(height, width), mode="area")[:, 0].clamp(0.0, 1.0)
 
-    def bias(self, queries: int, tokens: int, dtype: Any, device: Any) -> Any:
+    def bias(self, queries: int, tokens: int, dtype: Any, device: Any,
+             window: tuple[int, int, int, int] | None = None) -> Any:
         """The additive attention mask ``(1, queries, tokens)``: 0 on the root's block, log(mask)
-        on each region's."""
+        on each region's (over the tile's ``window`` of the canvas, when given)."""
         import torch
 
-        key = (queries, tokens, dtype, device)
+        key = (queries, tokens, dtype, device, window)
         if key not in self._biases:
-            height, width = self.grid(queries)
+            height, width = self.grid(queries, None if window is None else window[2:])
             block = tokens // self.groups
-            logs = torch.log(self.level_masks(height, width).reshape(len(self.masks), queries))  # 0 -> -inf
+            logs = torch.log(self.level_masks(height, width, window).reshape(len(self.masks), queries))  # 0 -> -inf
             columns = [torch.zeros(queries, block)] + [logs[r][:, None].expand(queries, block)
                                                        for r in range(len(self.masks))]
             self._biases[key] = torch.cat(columns, dim=1)[None].to(device=device, dtype=dtype)
@@ -95,7 +107,13 @@ class RegionalAttention:
             raise RuntimeError(f"regions: the prompt has {tokens} tokens, which is not {self.groups} equal blocks "
                                "(root + regions); was it encoded without the regions?")
         queries = hidden.shape[1] if hidden.ndim == 3 else hidden.shape[2] * hidden.shape[3]
-        bias = self.bias(queries, tokens, hidden.dtype, hidden.device).expand(hidden.shape[0], -1, -1)
+        from ctrlgen.core.engine.tiling import current_tile
+
+        active, window = current_tile(), None
+        if active is not None and tuple(active[1]) == tuple(self.latent):
+            tile = active[0]
+            window = (tile.top, tile.left, tile.height, tile.width)
+        bias = self.bias(queries, tokens, hidden.dtype, hidden.device, window).expand(hidden.shape[0], -1, -1)
         existing = kwargs.get("attention_mask")
         if existing is not None:  # an encoder attention mask (batch, 1, tokens): add ours
             bias = bias + existing

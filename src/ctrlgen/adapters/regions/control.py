@@ -6,7 +6,9 @@ made by the preprocessor on the whole picture (for inpaint jobs then brought ont
 canvas or the only-masked crop, as the job's own units are) and its ControlNet loaded through the engine's cache. A forward
 pre-hook on the UNet runs the region's ControlNets on each call's inputs, multiplies every
 residual by the region's mask at the residual's resolution and adds it to the residuals the call
-already carries (the job's own units'). Per unit: ``weight``, ``guidance_start``,
+already carries (the job's own units'). In a tiled pass (upscale's refine, a tiled hires fix) the
+hook defers the work to the tiler (:func:`ctrlgen.core.engine.tiling.defer`): each tile runs the
+region's ControlNets on its part of the map, with its part of the mask. Per unit: ``weight``, ``guidance_start``,
 ``guidance_end``; the control mode is balanced (union and inpaint ControlNets are refused).
 """
 
@@ -122,45 +124,81 @@ class RegionControl:
         self.step, self.depth = step + 1, 0
         return None
 
-    def _mask(self, mask: np.ndarray, height: int, width: int, like: Any) -> Any:
+    def _mask(self, mask: np.ndarray, height: int, width: int, like: Any, window: Any = None) -> Any:
         import torch
         import torch.nn.functional as F
 
-        key = (id(mask), height, width, like.dtype, like.device)
+        tile = None if window is None else window[0]
+        key = (id(mask), height, width, like.dtype, like.device, tile)
         if key not in self._masks:
-            full = torch.from_numpy(mask.astype(np.float32))[None, None]
+            if window is not None:  # a tile: its part of the mask (the mask is at pixel scale)
+                rows, cols = tile.slices(mask.shape[0] // window[1][0])
+                mask = mask[rows, cols]
+            full = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
             self._masks[key] = F.interpolate(full, size=(height, width), mode="area").to(like.device, like.dtype)
         return self._masks[key]
 
     def _before(self, module, args, kwargs):
+        from ctrlgen.core.engine import tiling
+
         self.depth += 1
         if self.depth > 1:
             return None
+        if not self._active():  # no unit at this step: the call as it was
+            return None
         names = ("sample", "timestep", "encoder_hidden_states")
         call = dict(zip(names, args, strict=False)) | dict(kwargs)
-        sample = call["sample"]
-        down = call.get("down_block_additional_residuals")
-        mid = call.get("mid_block_additional_residual")
-        for model, image, mask, params in self.units:
-            start, end = params["guidance_start"], params["guidance_end"]
-            if self.step / self.total < start or (self.step + 1) / self.total > end or params["weight"] == 0:
-                continue
-            self._on_device(model, sample.device)
-            cond = image.to(sample.device, sample.dtype).expand(sample.shape[0], -1, -1, -1)
-            states = call["encoder_hidden_states"]
-            unit_down, unit_mid = model(sample, call["timestep"], encoder_hidden_states=states, controlnet_cond=cond,
-                                        conditioning_scale=params["weight"],
-                                        added_cond_kwargs=call.get("added_cond_kwargs"), return_dict=False)
-            unit_down = [r * self._mask(mask, r.shape[-2], r.shape[-1], r) for r in unit_down]
-            unit_mid = unit_mid * self._mask(mask, unit_mid.shape[-2], unit_mid.shape[-1], unit_mid)
-            down = unit_down if down is None else [a + b for a, b in zip(down, unit_down, strict=True)]
-            mid = unit_mid if mid is None else mid + unit_mid
+        if tiling.is_tiled(module):  # per tile: maps and masks cut to each tile
+            images = tuple(image for _, image, _, _ in self.units)
+            deferred = tiling.defer(self._tile_residuals, (call["sample"], call["timestep"],
+                                                           call["encoder_hidden_states"], images),
+                                    {"added_cond_kwargs": call.get("added_cond_kwargs")},
+                                    call.get("down_block_additional_residuals"))
+            kwargs = dict(call)
+            kwargs["down_block_additional_residuals"] = deferred
+            kwargs["mid_block_additional_residual"] = deferred
+            return (), kwargs
+        down, mid = self._residuals(call["sample"], call["timestep"], call["encoder_hidden_states"],
+                                    [image for _, image, _, _ in self.units], call.get("added_cond_kwargs"),
+                                    call.get("down_block_additional_residuals"),
+                                    call.get("mid_block_additional_residual"))
         if down is None:
             return None
         kwargs = dict(call)
         kwargs["down_block_additional_residuals"] = tuple(down)
         kwargs["mid_block_additional_residual"] = mid
         return (), kwargs
+
+    def _active(self) -> bool:
+        return any(self._on(params) for _, _, _, params in self.units)
+
+    def _on(self, params) -> bool:
+        start, end = params["guidance_start"], params["guidance_end"]
+        return not (self.step / self.total < start or (self.step + 1) / self.total > end or params["weight"] == 0)
+
+    def _tile_residuals(self, sample, timestep, states, images, added_cond_kwargs=None):
+        """The units' masked residuals for the tile being denoised (images and masks cut to it)."""
+        from ctrlgen.core.engine.tiling import current_tile
+
+        return self._residuals(sample, timestep, states, list(images), added_cond_kwargs, None, None,
+                               window=current_tile())
+
+    def _residuals(self, sample, timestep, states, images, added_cond_kwargs, down, mid, window=None):
+        """The units on at this step: their residuals, each times its mask (cut to ``window``,
+        ``(tile, canvas)``, when tiled), added to ``down`` / ``mid``."""
+        for (model, _, mask, params), image in zip(self.units, images, strict=True):
+            if not self._on(params):
+                continue
+            self._on_device(model, sample.device)
+            cond = image.to(sample.device, sample.dtype).expand(sample.shape[0], -1, -1, -1)
+            unit_down, unit_mid = model(sample, timestep, encoder_hidden_states=states, controlnet_cond=cond,
+                                        conditioning_scale=params["weight"], added_cond_kwargs=added_cond_kwargs,
+                                        return_dict=False)
+            unit_down = [r * self._mask(mask, r.shape[-2], r.shape[-1], r, window) for r in unit_down]
+            unit_mid = unit_mid * self._mask(mask, unit_mid.shape[-2], unit_mid.shape[-1], unit_mid, window)
+            down = unit_down if down is None else [a + b for a, b in zip(down, unit_down, strict=True)]
+            mid = unit_mid if mid is None else mid + unit_mid
+        return down, mid
 
     def _after(self, module, args, kwargs, output):
         self.depth = max(0, self.depth - 1)

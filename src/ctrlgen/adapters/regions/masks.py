@@ -12,10 +12,10 @@ from ctrlgen.core.errors import ImageError, JobError
 
 
 def picture_size(context: Any) -> tuple[int, int]:
-    """``(width, height)`` a region mask must have: the job's image (img2img, inpaint) or the
-    asked size (txt2img)."""
+    """``(width, height)`` a region mask must have: the job's image (img2img, inpaint, upscale)
+    or the asked size (txt2img, with or without hires fix)."""
     job = context.job
-    if job.task in ("img2img", "inpaint") and job.image:
+    if job.task in ("img2img", "inpaint", "upscale") and job.image:
         from ctrlgen.core.engine.engine import load_image_file, read_pixels
 
         pixels = read_pixels(job.image, "job.image", context.image_source or load_image_file)
@@ -35,8 +35,8 @@ def read_region_mask(context: Any, reference: str, owner: str, size: tuple[int, 
         raise JobError(str(exc)) from None
     if (mask.shape[1], mask.shape[0]) != tuple(size):
         raise JobError(f"{owner}.mask is {mask.shape[1]}×{mask.shape[0]} but the picture is {size[0]}×{size[1]} "
-                       "(txt2img: width×height; img2img and inpaint: job.image's size); give a mask of that size (the hires "
-                       "fix's and the upscale task's enlarged passes do not take regions yet)")
+                       "(txt2img: width×height; img2img, inpaint and upscale: job.image's size); give a mask of that size "
+                       "(hires fix and upscale resize it for their enlarged passes)")
     if not mask.any():
         raise JobError(f"{owner}.mask selects nothing (it is black); paint the region white")
     return mask

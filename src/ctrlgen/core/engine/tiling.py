@@ -37,6 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 BlendMode = Literal["gaussian", "average", "none"]
+
+# The tile being denoised (on this thread), for adapters whose hooks work on canvas-sized
+# things: the regions' attention masks crop themselves to it (see :func:`current_tile`).
+_ACTIVE = threading.local()
 BLEND_MODES = ("gaussian", "average", "none")
 GAUSSIAN_SIGMA = 0.2  # of the tile's side
 
@@ -89,6 +93,12 @@ def tile_weights(height: int, width: int, blend: BlendMode, device: Any = None) 
     return profile(height)[:, None] * profile(width)[None, :]
 
 
+def current_tile() -> tuple[Tile, tuple[int, int]] | None:
+    """``(tile, canvas)`` while a tile is being denoised (latent pixels; ``canvas`` is the whole
+    latent's ``(height, width)``), else None: what a cross-attention hook sees then is the tile."""
+    return getattr(_ACTIVE, "tile", None)
+
+
 def tile_count(width_px: int, height_px: int, tile_px: int, overlap_px: int, factor: int = 8) -> int:
     """How many tiles a ``width_px``×``height_px`` canvas is denoised in."""
     return len(tile_grid(height_px // factor, width_px // factor, tile_px // factor, overlap_px // factor))
@@ -98,10 +108,26 @@ def tile_count(width_px: int, height_px: int, tile_px: int, overlap_px: int, fac
 
 
 class _Deferred:
-    """A ControlNet call the pipeline made on the whole canvas, replayed per tile."""
+    """A ControlNet call the pipeline made on the whole canvas, replayed per tile; or (``call``
+    given, see :func:`defer`) an adapter's residuals, computed per tile and added to
+    ``previous``'s."""
 
-    def __init__(self, args: tuple, kwargs: dict) -> None:
-        self.args, self.kwargs = args, kwargs
+    def __init__(self, args: tuple, kwargs: dict, call: Any = None, previous: _Deferred | None = None) -> None:
+        self.args, self.kwargs, self.call, self.previous = args, kwargs, call, previous
+
+
+def is_tiled(unet: Any) -> bool:
+    """Whether ``unet`` is being denoised in tiles (a UNet pre-hook may then :func:`defer`)."""
+    return id(unet) in getattr(_ACTIVE, "unets", ())
+
+
+def defer(call: Any, args: tuple, kwargs: dict, previous: Any = None) -> _Deferred:
+    """What a UNet pre-hook that adds ControlNet-like residuals passes as
+    ``down_block_additional_residuals`` and ``mid_block_additional_residual`` while the UNet is
+    tiled: the tiler calls ``call(*args, **kwargs)`` per tile (tensors over the canvas cut to the
+    tile, :func:`current_tile` set) for ``(down, mid)``, added to ``previous``'s residuals (the
+    value the hook found there, when it was deferred too)."""
+    return _Deferred(args, kwargs, call, previous if isinstance(previous, _Deferred) else None)
 
 
 class _Tiler:
@@ -161,8 +187,12 @@ class _Tiler:
             elif deferred is not None:
                 raise RuntimeError("tiled denoising got ControlNet residuals for the whole canvas; the ControlNet "
                                    "must be called per tile (attach it before tiled_denoising)")
-            output = forward(sample[..., rows, cols], timestep, self.cut(encoder_hidden_states, canvas, tile),
-                             *args, **tile_kwargs)
+            _ACTIVE.tile = (tile, canvas)
+            try:
+                output = forward(sample[..., rows, cols], timestep, self.cut(encoder_hidden_states, canvas, tile),
+                                 *args, **tile_kwargs)
+            finally:
+                _ACTIVE.tile = None
             self.calls += 1
             prediction = output[0] if isinstance(output, tuple) else output.sample
             template = template if template is not None else output
@@ -181,12 +211,24 @@ class _Tiler:
     def control(self, deferred: _Deferred, canvas: tuple[int, int], tile: Tile) -> Any:
         args = self.cut(deferred.args, canvas, tile)
         kwargs = self.cut(deferred.kwargs, canvas, tile)
-        kwargs["return_dict"] = False
-        self.local.real = True
+        _ACTIVE.tile = (tile, canvas)
         try:
-            return self.controlnet(*args, **kwargs)
+            if deferred.call is not None:
+                down, mid = deferred.call(*args, **kwargs)
+            else:
+                kwargs["return_dict"] = False
+                self.local.real = True
+                try:
+                    down, mid = self.controlnet(*args, **kwargs)
+                finally:
+                    self.local.real = False
         finally:
-            self.local.real = False
+            _ACTIVE.tile = None
+        if deferred.previous is not None:
+            before_down, before_mid = self.control(deferred.previous, canvas, tile)
+            down = [a + b for a, b in zip(before_down, down, strict=True)]
+            mid = before_mid + mid
+        return down, mid
 
 
 def _tile_time_ids(time_ids: Any, canvas: tuple[int, int], tile: Tile) -> Any:
@@ -240,6 +282,9 @@ def tiled_denoising(pipeline: Any, tile: int, overlap: int, blend: BlendMode = "
             return tiler.denoise(original, *args, **kwargs)
 
         stack.enter_context(_patched_forward(pipeline.unet, denoise))
+        unets = getattr(_ACTIVE, "unets", set())
+        _ACTIVE.unets = unets | {id(pipeline.unet)}
+        stack.callback(lambda: setattr(_ACTIVE, "unets", getattr(_ACTIVE, "unets", set()) - {id(pipeline.unet)}))
         yield tiler
 
 

@@ -150,13 +150,52 @@ def enlarge(engine: Engine, pixels: np.ndarray, upscaler: str, width: int, heigh
     return resample(out, width, height, "lanczos")
 
 
-def _source(images: ImageSource, enlarged: np.ndarray) -> ImageSource:
+def _source(images: ImageSource, enlarged: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> ImageSource:
     def source(reference: str, what: str) -> np.ndarray:
         if reference == ENLARGED:
             return enlarged
+        if extra and reference in extra:
+            return extra[reference]
         return images(reference, what)
 
     return source
+
+
+def _region_uses(job: Job, images: ImageSource, size: tuple[int, int], target: tuple[int, int],
+                 padded: tuple[int, int] | None = None) -> tuple[list[Any], dict[str, np.ndarray]]:
+    """The job's adapters for an enlarged pass: each region's mask (made for a ``size`` picture)
+    resized to ``target`` (then padded with "not the region" to ``padded``), its feather scaled
+    alike; the resized masks by the references the uses now name. Other uses are unchanged (a
+    region's ControlNet maps are fitted to the pass's size as the job's own are)."""
+    from PIL import Image
+
+    from ctrlgen.core.images import to_mask
+    from ctrlgen.core.plugins.specs import normalize_name
+
+    adapters, masks = [], {}
+    scale = target[0] / max(size[0], 1)
+    for index, use in enumerate(job.adapters):
+        params = use.params()
+        if normalize_name(use.type) != "region" or not isinstance(params.get("mask"), str):
+            adapters.append(use)
+            continue
+        owner = f"adapters[{index}] (region)"
+        try:
+            mask = to_mask(images(params["mask"], f"{owner}.mask"), what=f"{owner}.mask")
+        except ImageError as exc:
+            raise JobError(str(exc)) from None
+        if (mask.shape[1], mask.shape[0]) != tuple(size):
+            raise JobError(f"{owner}.mask is {mask.shape[1]}×{mask.shape[0]} but the picture is {size[0]}×{size[1]}; "
+                           "give a mask of the picture's size (the enlarged passes resize it themselves)")
+        if (mask.shape[1], mask.shape[0]) != tuple(target):  # bilinear: no ringing past a hard edge
+            mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize(target, Image.Resampling.BILINEAR))
+        if padded is not None:
+            mask = np.pad(mask, ((0, padded[1] - target[1]), (0, padded[0] - target[0])))
+        reference = f"{ENLARGED}:region{index}"
+        masks[reference] = mask
+        update = {"mask": reference, "feather_px": float(params.get("feather_px", 16.0)) * scale}
+        adapters.append(use.model_copy(update=update))
+    return adapters, masks
 
 
 def _canceller(cancel: Any, job_id: str) -> Callable[[], None]:
@@ -234,9 +273,11 @@ def _upscale(engine: Engine, job: Job, checked: Any, job_id: str, emit: Any, can
     overlap_px = min(options.overlap, tile_px // 2 - 8)
 
     # 3. The refine: an img2img job on the enlarged canvas, denoised in blended tiles.
+    adapters, masks = _region_uses(job, images, (rgb.shape[1], rgb.shape[0]), (width, height), (padded_w, padded_h))
     refine = job.model_copy(update={"task": "img2img", "upscale": None, "image": ENLARGED, "width": padded_w,
-                                    "height": padded_h, "strength": options.denoise, "resize_mode": "just_resize"})
-    source = _source(images, canvas)
+                                    "height": padded_h, "strength": options.denoise, "resize_mode": "just_resize",
+                                    "adapters": adapters})
+    source = _source(images, canvas, masks)
     refine_checked = engine.check(refine, source)
     result = engine._generate(refine, refine_checked, job_id, emit, cancel, source, preview_every,
                               customize=lambda context, _inputs: _tiled(context, tile_px, overlap_px, options.blend))
@@ -277,6 +318,7 @@ def _hires(engine: Engine, job: Job, checked: Any, job_id: str, emit: Any, cance
 
     # 2. Each image again at the target size: enlarged, then img2img with the pass's steps and denoise.
     control = [unit.model_copy(update={"image": unit.image or job.image}) for unit in job.control]
+    adapters, masks = _region_uses(job, images, (job.width, job.height), (width, height))
     results, control_maps = [], list(first.control_maps)
     for index, (image, seed) in enumerate(zip(first.images, first.seeds, strict=True)):
         rgb = np.asarray(image.convert("RGB"))
@@ -290,8 +332,8 @@ def _hires(engine: Engine, job: Job, checked: Any, job_id: str, emit: Any, cance
         second = job.model_copy(update={
             "task": "img2img", "hires": None, "image": ENLARGED, "width": width, "height": height,
             "strength": hires.denoise, "steps": hires.steps or job.steps, "seed": seed, "batch_size": 1,
-            "resize_mode": "just_resize", "control": control, "detail": []})
-        source = _source(images, enlarged)
+            "resize_mode": "just_resize", "control": control, "detail": [], "adapters": adapters})
+        source = _source(images, enlarged, masks)
         second_checked = engine.check(second, source)
 
         @contextlib.contextmanager

@@ -216,7 +216,8 @@ _SHARING_VARIANTS = {1: "transparent_attn", 2: "two_layers", 3: "joint"}
 
 
 def layerdiffuse_rule(keys: TensorKeys, meta: Mapping[str, str]) -> ModelIdentity | None:
-    """lllyasviel's LayerDiffuse files: the transparent VAE decoder, SDXL UNet patches in
+    """lllyasviel's LayerDiffuse files: the transparent VAE decoder and encoder (its latent
+    offset: ``blocks.0`` ... ``blocks.16``, RGBA in, 4 channels out), SDXL UNet patches in
     ComfyUI/Forge's patch format (``diffusion_model.<key>::lora::<i>`` or ``::diff::<i>``) and
     SD1.5's attention-sharing modules (``hookers.layers.<n>...``)."""
     from ctrlgen.core.models.base_rules import _unet_architecture, _unet_structure
@@ -228,6 +229,11 @@ def layerdiffuse_rule(keys: TensorKeys, meta: Mapping[str, str]) -> ModelIdentit
                    "out_channels": conv_out[0] if conv_out else None}
         variant = "decoder" if details["out_channels"] == 4 else ""
         return ModelIdentity("layerdiffuse", "unknown", variant, clean_details(details), "original")
+    if keys.has("blocks.0.weight") and keys.has("blocks.16.weight") and all(n.startswith("blocks.") for n in keys.names):
+        first, last = keys.shape("blocks.0.weight"), keys.shape("blocks.16.weight")
+        if len(first) == 4 and len(last) == 4 and first[1] == 4 and last[0] == 4:  # RGBA in, a latent offset out
+            details = {"width": first[0], "convolutions": len(keys.indices("blocks."))}
+            return ModelIdentity("layerdiffuse", "unknown", "encoder", clean_details(details), "original")
     if keys.any_prefix("hookers.layers."):
         frames = len(keys.indices("hookers.layers.0.to_q_lora."))
         details = {"layers": len(keys.indices("hookers.layers.")), "frames": frames,
