@@ -115,7 +115,7 @@ def test_headers_and_binary_bodies_are_declared(document):
             "description"]
     submit = paths["/v1/jobs"]["post"]
     assert submit["responses"]["429"]["headers"]["Retry-After"]["required"] is True
-    assert [p["name"] for p in submit["parameters"]] == ["Idempotency-Key"]
+    assert [p["name"] for p in submit["parameters"]] == ["Idempotency-Key", "X-Ctrlgen-Client"]
     events = paths["/v1/jobs/{job_id}/events"]["get"]
     assert {(p["name"], p["in"]) for p in events["parameters"]} == {
         ("job_id", "path"), ("after", "query"), ("Last-Event-ID", "header")}

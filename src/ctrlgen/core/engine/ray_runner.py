@@ -14,6 +14,10 @@ An actor that dies (``kill -9``, a lost node) is restarted by Ray Data and its i
 process keeps the first result of each item and drops any repeat, so every item is written and
 recorded once.
 
+``ctrlgen serve --ray ADDRESS`` uses :class:`JobActor` instead: one long-lived actor per server
+worker, sent one job at a time with its images as arrays, polled for the job's events and
+answering its result (``ctrlgen.host_bridges.server.workers``).
+
 Ray is an optional extra (``pip install ctrlgen[ray]``) and is imported only here, only when a
 batch asks for it. The actors read model files and inputs by the same paths as this process:
 :func:`check_nodes` looks for them on every node before the first job.
@@ -49,7 +53,8 @@ def connect(address: str) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        extra = {"include_dashboard": False} if address == "local" else {}  # a throw-away cluster needs none
+        ray.init(address=address, log_to_driver=False, configure_logging=False, **extra)
     except ConnectionError as exc:
         raise CtrlgenError(f"--ray {address}: no Ray cluster there ({exc}); start one with `ray start --head` "
                            "(docs/scaling.md) or give its address") from None
@@ -112,6 +117,95 @@ class EngineActor:
                 answer = {"error": f"{type(exc).__name__} on {socket.gethostname()}: {exc}"}
             results.append(pickle.dumps(answer))
         return {"index": np.asarray(batch["index"]), "result": np.array(results, dtype=object)}
+
+
+class JobActor:
+    """One engine per actor for ``ctrlgen serve --ray`` (a threaded actor: ``run`` holds one
+    thread while ``events`` and ``cancel`` answer on others). The server sends a job with its
+    images as arrays; the actor keeps the job's events for the server to poll and answers the
+    :class:`~ctrlgen.core.engine.engine.JobResult` (or the error), never touching the server's
+    journal, uploads or files."""
+
+    KEPT_EVENTS = ("started", "progress", "preview", "detail")
+
+    def __init__(self, roots: Sequence[Any], device: str | None, precision: str | None) -> None:
+        import threading
+
+        import ray
+
+        from ctrlgen.core.engine.engine import Engine
+        from ctrlgen.core.models.store import ModelStore
+
+        if device is None:  # the GPU Ray gave this actor (CUDA_VISIBLE_DEVICES), else the CPU
+            device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.device = device
+        self.engine = Engine(store=ModelStore(list(roots)), device=device, precision=precision, allow_paths=False)
+        self._lock = threading.Lock()
+        self._events: dict[str, list[tuple[str, dict]]] = {}
+        self._cancels: dict[str, Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"node": socket.gethostname(), "device": self.device, "pid": os.getpid()}
+
+    def warm(self, preload_path: str | None) -> None:
+        """The heavy imports, and the preloaded model (kept in the engine's cache)."""
+        import torch  # noqa: F401
+
+        self.engine.device  # noqa: B018 - chooses the device
+        if preload_path:
+            entry = self.engine.store.find(preload_path, category=("checkpoints", "diffusers"))
+            self.engine.load_pipeline(entry)
+
+    def run(self, job_id: str, job: dict[str, Any], images: dict[str, Any], preview: bool) -> dict[str, Any]:
+        import threading
+
+        from ctrlgen.core.engine.jobs import parse_job
+        from ctrlgen.core.errors import CancelledError
+
+        cancel = self._cancels.setdefault(job_id, threading.Event())
+        with self._lock:
+            self._events.setdefault(job_id, [])
+
+        def on_event(event: Any) -> None:
+            if event.kind in self.KEPT_EVENTS:
+                with self._lock:
+                    self._events.setdefault(job_id, []).append((event.kind, dict(event.data)))
+
+        def resolve(ref: str) -> Any:
+            try:
+                return images[ref]
+            except KeyError:
+                raise CtrlgenError(f"image {ref} was not sent with the job") from None
+
+        try:
+            result = self.engine.run(parse_job(job), on_event=on_event, cancel=cancel, job_id=job_id,
+                                     images=resolve, preview=preview)
+            return {"result": result}
+        except CancelledError:
+            return {"error": {"cancelled": True}}
+        except BaseException as exc:  # sent back whole when it pickles, else as text
+            try:
+                pickled = pickle.dumps(exc.with_traceback(None))
+                pickle.loads(pickled)
+            except Exception:
+                pickled = None
+            return {"error": {"pickled": pickled, "message": f"{type(exc).__name__} on {socket.gethostname()}: "
+                                                             f"{exc}"}}
+        finally:
+            self._cancels.pop(job_id, None)
+
+    def events(self, job_id: str, since: int, done: bool = False) -> list[tuple[str, dict]]:
+        """The job's events after the first ``since``; ``done``: the last call, forget them."""
+        with self._lock:
+            events = self._events.get(job_id, [])[since:]
+            if done:
+                self._events.pop(job_id, None)
+        return events
+
+    def cancel(self, job_id: str) -> None:
+        import threading
+
+        self._cancels.setdefault(job_id, threading.Event()).set()
 
 
 def pool_size(ray: Any, options: Any) -> tuple[int, dict[str, float]]:
@@ -178,4 +272,4 @@ def run(work: Any, pending: list[Any], manifest: Any, *, engine: Any, options: A
             ray.shutdown()
 
 
-__all__ = ["EngineActor", "check_nodes", "connect", "import_ray", "pool_size", "run"]
+__all__ = ["EngineActor", "JobActor", "check_nodes", "connect", "import_ray", "pool_size", "run"]

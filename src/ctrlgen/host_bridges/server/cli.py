@@ -34,10 +34,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CtrlgenError(f"`ctrlgen serve` needs the server extra ({exc.name} is missing); install it with: "
                            "pip install 'ctrlgen[server]'") from None
 
+    devices = None
+    if args.devices:
+        from ctrlgen.core.engine.runner import parse_devices
+
+        if args.device:
+            raise CtrlgenError("give either --device (with --workers N) or --devices (one worker per entry), not both")
+        if args.workers is not None:
+            raise CtrlgenError("--devices makes one worker per listed device; list a device twice for two workers on "
+                               "it (--devices cuda:0,cuda:0) instead of adding --workers")
+        devices = tuple(parse_devices(args.devices))
+    if args.workers is not None and args.workers < (0 if args.ray else 1):
+        raise CtrlgenError("--workers must be 1 or more (0 only with --ray: then every job runs on Ray)")
+    if (args.ray_workers is not None or args.ray_cpus is not None) and not args.ray:
+        raise CtrlgenError("--ray-workers and --ray-cpus only matter with --ray ADDRESS")
+    if args.ray:
+        from ctrlgen.core.engine.ray_runner import import_ray
+
+        import_ray()  # a clear line when Ray is not installed, before anything starts
     config = ServerConfig(
         host=args.host, port=args.port, unix_socket=args.unix_socket, allow_remote=args.allow_remote,
         allowed_origins=tuple(args.allowed_origin or ()), allowed_hosts=tuple(args.allowed_host or ()),
-        device=args.device, result_ttl_s=args.result_ttl, max_queue=args.max_queue,
+        device=args.device, workers=args.workers, devices=devices, ray=args.ray, ray_workers=args.ray_workers,
+        ray_cpus=args.ray_cpus, result_ttl_s=args.result_ttl, max_queue=args.max_queue,
         max_results=args.max_results, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
         max_side=args.max_side, max_upload_memory=args.max_memory, keepalive_s=args.keepalive,
         preload=args.preload, warmup=not args.no_warmup,
@@ -63,7 +82,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="with --allow-remote: a Host name accepted besides loopback names; repeatable "
                         "(without any, every Host is accepted)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (the device of --workers)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run N jobs at once, each worker an engine on --device (default 1; 0 with --ray)")
+    p.add_argument("--devices", metavar="LIST",
+                   help="one worker per device: cuda:0,cuda:1, all (every CUDA device) or cpu,cpu (a device may "
+                        "repeat); docs/scaling.md")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run jobs on Ray actors: auto (the cluster `ray start` runs here), local (a new one in "
+                        "this process) or HOST:PORT; journal, uploads and results stay here (docs/scaling.md)")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="with --ray: how many actors (default: one per GPU, else one per --ray-cpus CPUs)")
+    p.add_argument("--ray-cpus", type=float, default=None, metavar="N",
+                   help="with --ray on a cluster without GPUs: CPUs per actor (default 1; fractions are fine)")
     p.add_argument("--result-ttl", type=float, default=3600.0, metavar="SECONDS",
                    help="how long results of ended jobs stay downloadable (default 3600)")
     p.add_argument("--max-queue", type=int, default=100, metavar="N", help="jobs that may wait (default 100)")

@@ -1,15 +1,23 @@
-"""The server's job queue and its one worker thread.
+"""The server's job queue and its workers (one thread each, :mod:`.workers`).
 
-Records (status, events, results) are changed only on the event loop's thread; the worker
-hands everything it learns to the loop with ``loop.call_soon_threadsafe``. The queue itself
-is a deque under a condition variable, shared by both sides. Jobs and preprocess calls run
-on the worker in the order they were submitted.
+Records (status, events, results) are changed only on the event loop's thread; the workers
+hand everything they learn to the loop with ``loop.call_soon_threadsafe``. The queue itself is
+shared by both sides under one condition variable:
+
+- **jobs** wait in one FIFO per client (the ``X-Ctrlgen-Client`` header; without it, the one
+  anonymous client), and a free worker takes the next job **round robin** between the clients
+  with jobs waiting: a client's jobs start in the order it submitted them, and one client's
+  long queue never holds another's job for more than one job per client in front of it;
+- **calls** (preprocess-only requests, live painting, the warm-up) wait in their own FIFO and
+  run on any free worker before the jobs submitted after them (so, with one client, exactly in
+  submission order); a call may also be addressed to one worker (the warm-up of each).
 
 What the server acknowledged is in the :class:`~.journal.Journal` before it is acknowledged:
-a job before ``POST /v1/jobs`` answers, its start when the worker takes it, its end (with its
-results' files written first) before the ``finished`` event. :meth:`JobQueue.restore` rebuilds
-the queue from it after a restart (see the journal's docstring for the running job's fate).
-A server stopped normally (SIGTERM, Ctrl+C) puts the running job back in the queue.
+a job (with its client) before ``POST /v1/jobs`` answers, its start when a worker takes it, its
+end (with its results' files written first) before the ``finished`` event. :meth:`JobQueue.restore`
+rebuilds the per-client queues from it after a restart (the jobs that were running first). A
+server stopped normally (SIGTERM, Ctrl+C) puts every running job back in the queue; a job whose
+worker died (a Ray actor killed) runs again once on another worker.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import logging
 import threading
 import time
@@ -39,12 +48,15 @@ from ctrlgen.core.errors import (
 from ctrlgen.host_bridges.server.files import FileStore, OutputWriter
 from ctrlgen.host_bridges.server.journal import RUNS_BEFORE_INTERRUPTED, Journal
 from ctrlgen.host_bridges.server.uploads import UploadStore
+from ctrlgen.host_bridges.server.workers import RaySettings, WorkerLost, make_workers
 
 log = logging.getLogger("ctrlgen.server")
 
 TERMINAL = ("finished", "error", "cancelled", "interrupted")
 PREVIEW_SIDE = 256
-RESULT_KEYS = ("index", "width", "height", "channels", "seed", "changed_box", "offset", "canvas_size")
+RESULT_KEYS = ("index", "width", "height", "channels", "seed", "label", "changed_box", "offset", "canvas_size")
+ANONYMOUS = ""  # the client of requests without X-Ctrlgen-Client
+WORKER_LOSSES = 2  # a job whose worker died this often under it ends with an error
 
 
 class ServerStopping(CtrlgenError):
@@ -64,6 +76,12 @@ def error_code(exc: BaseException) -> str:
     return "internal_error"
 
 
+def client_id(header: str | None) -> str:
+    """The client a request comes from: its ``X-Ctrlgen-Client`` header (trimmed, at most 200
+    characters), or the anonymous client."""
+    return (header or "").strip()[:200]
+
+
 @dataclass
 class JobRecord:
     id: str
@@ -71,6 +89,7 @@ class JobRecord:
     preview: bool
     refs: list[str]  # upload digests the job uses (pinned while it waits or runs)
     idempotency_key: str | None = None
+    client: str = ANONYMOUS
     status: str = "queued"
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -81,6 +100,9 @@ class JobRecord:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancelled_by_client: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    seq: int = 0  # submission order (the queue's)
+    worker: int | None = None  # the worker running it
+    losses: int = 0  # how often its worker died under it
 
     def add_event(self, kind: str, data: dict) -> None:
         """Record one event (loop thread only) and wake the event streams."""
@@ -104,19 +126,35 @@ class JobRecord:
 
 @dataclass
 class _Call:
-    """A function to run on the worker (preprocess-only requests), answered through ``future``."""
+    """A function to run on a worker (preprocess-only requests), answered through ``future``."""
 
     function: Any
     future: Future
     counted: bool = True  # in the positions of the jobs behind it (the warm-up is not)
+    seq: int = 0
+
+
+class _Slot:
+    """What the queue knows of one worker: its thread, what it runs, calls addressed to it."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.thread: threading.Thread | None = None
+        self.item: JobRecord | _Call | None = None
+        self.calls: deque[tuple[_Call, Any]] = deque()  # (call, function taking the worker)
+
+    @property
+    def busy(self) -> bool:
+        return self.item is not None
 
 
 class JobQueue:
-    """FIFO of jobs and calls, one worker thread owning one Engine."""
+    """Per-client FIFOs of jobs served round robin, a FIFO of calls, one thread per worker."""
 
     def __init__(self, uploads: UploadStore, *, device: str | None, max_queue: int, max_kept: int,
                  result_ttl_s: float, journal: Journal, results: FileStore,
-                 outputs: OutputWriter | None = None) -> None:
+                 outputs: OutputWriter | None = None, workers: int | None = None,
+                 devices: list[str] | None = None, ray: RaySettings | None = None) -> None:
         self.uploads = uploads
         self.journal = journal
         self.results = results
@@ -127,38 +165,50 @@ class JobQueue:
         self.result_ttl_s = result_ttl_s
         self.jobs: OrderedDict[str, JobRecord] = OrderedDict()
         self.expired: OrderedDict[str, None] = OrderedDict()  # ids whose results were dropped
-        self._pending: deque[JobRecord | _Call] = deque()
-        self._running: JobRecord | None = None
-        self._busy = False
-        self._busy_counted = True
+        self._clients: OrderedDict[str, deque[JobRecord]] = OrderedDict()  # round-robin order
+        self._calls: deque[_Call] = deque()
+        self._warming = 0  # local warm-up calls not yet ended (nothing else starts meanwhile)
+        self._seq = itertools.count(1)
         self._cond = threading.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.engine: Any = None
+        self._local = threading.local()  # .slot: the worker this thread is
+        self._check_engine: Any = None
         self._engine_lock = threading.Lock()
+        worker_list, self._ray_pool = make_workers(device, devices, workers, ray)
+        self._slots = [_Slot(worker) for worker in worker_list]
+        if self._ray_pool is not None:
+            self._check_engine = self._ray_pool.check_engine
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.Thread(target=self._work, name="ctrlgen-worker", daemon=True)
-        self._thread.start()
+        for slot in self._slots:
+            slot.thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
+                                           name=f"ctrlgen-worker-{slot.worker.id}")
+            slot.thread.start()
 
     @property
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def workers(self) -> list[Any]:
+        return [slot.worker for slot in self._slots]
+
     def stop(self) -> None:
-        """Stop taking jobs; the running one is cancelled and goes back to the queue (journal).
+        """Stop taking jobs; the running ones are cancelled and go back to the queue (journal).
         Calls still waiting (preprocess requests) fail with :class:`ServerStopping`, so their
         requests answer at once instead of holding the shutdown up."""
         with self._cond:
             self._stopping = True
-            if self._running is not None:
-                self._running.cancel.set()
-            calls = [item for item in self._pending if isinstance(item, _Call)]
-            for call in calls:
-                self._pending.remove(call)
+            for slot in self._slots:
+                if isinstance(slot.item, JobRecord):
+                    slot.item.cancel.set()
+            calls = list(self._calls) + [call for slot in self._slots for call, _ in slot.calls]
+            self._calls.clear()
+            for slot in self._slots:
+                slot.calls.clear()
             self._cond.notify_all()
         for call in calls:
             if call.future.set_running_or_notify_cancel():
@@ -166,53 +216,112 @@ class JobQueue:
                                                          "once it runs"))
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the worker to end (after :meth:`stop`); whether it has ended."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
+        """Wait for the workers to end (after :meth:`stop`); whether they all have."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for slot in self._slots:
+            if slot.thread is not None:
+                slot.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not self.worker_alive()
+
+    def worker_alive(self) -> bool:
+        return any(slot.thread is not None and slot.thread.is_alive() for slot in self._slots)
+
+    def close_workers(self) -> None:
+        """After :meth:`join`: let the workers go (a Ray cluster this server started stops)."""
+        for slot in self._slots:
+            slot.worker.close()
+        if self._ray_pool is not None:
+            self._ray_pool.close()
 
     # -- queue state (loop thread) -----------------------------------------------------
     @property
     def running_id(self) -> str | None:
-        running = self._running
-        return running.id if running is not None else None
+        """The id of a running job (the first worker's that runs one); None when none runs."""
+        ids = self.running_ids()
+        return ids[0] if ids else None
+
+    def running_ids(self) -> list[str]:
+        return [slot.item.id for slot in self._slots if isinstance(slot.item, JobRecord)]
+
+    def describe_workers(self) -> dict[str, Any]:
+        """The workers for capabilities and health: count, and each one's id, device, kind,
+        state (idle, running) and running job."""
+        items = []
+        for slot in self._slots:
+            item = slot.item
+            items.append({"id": slot.worker.id, "device": slot.worker.device_name(), "kind": slot.worker.kind,
+                          "state": "running" if item is not None else "idle",
+                          "job": item.id if isinstance(item, JobRecord) else None})
+        return {"count": len(items), "items": items}
 
     def queued_count(self) -> int:
         with self._cond:
-            return sum(1 for item in self._pending if isinstance(item, JobRecord))
+            return sum(len(jobs) for jobs in self._clients.values())
+
+    def _order(self) -> list[JobRecord | _Call]:
+        """What waits, in the order the workers will take it (under the lock)."""
+        rotation = [(client, list(jobs)) for client, jobs in self._clients.items() if jobs]
+        calls = list(self._calls)
+        order: list[JobRecord | _Call] = []
+        while rotation or calls:
+            job = rotation[0][1][0] if rotation else None
+            if calls and (job is None or calls[0].seq < job.seq):
+                order.append(calls.pop(0))
+                continue
+            client, jobs = rotation.pop(0)
+            order.append(jobs.pop(0))
+            if jobs:
+                rotation.append((client, jobs))
+        return order
 
     def position(self, record: JobRecord) -> int:
-        """How many jobs run before ``record`` (0: it is next, or running)."""
+        """How many jobs (and counted calls) start before ``record`` does, beyond the workers
+        that are free (0: it is next, or running)."""
         with self._cond:
             if record.status != "queued":
                 return 0
-            ahead = 1 if self._busy and self._busy_counted else 0
-            for item in self._pending:
+            busy = sum(1 for slot in self._slots if slot.busy and getattr(slot.item, "counted", True))
+            ahead = 0
+            for item in self._order():
                 if item is record:
-                    return ahead
+                    break
                 ahead += 1 if getattr(item, "counted", True) else 0
-            return ahead
+            else:
+                return 0
+            return max(0, ahead + busy - (len(self._slots) - 1))
+
+    def _enqueue(self, record: JobRecord, front: bool = False) -> None:
+        """Into its client's FIFO (under the lock); ``front``: ahead of the client's others and
+        of the other clients (a job that was running)."""
+        jobs = self._clients.get(record.client)
+        if jobs is None:
+            jobs = self._clients[record.client] = deque()
+        if front:
+            jobs.appendleft(record)
+            self._clients.move_to_end(record.client, last=False)
+        else:
+            jobs.append(record)
 
     def submit(self, record: JobRecord) -> int:
         """Queue ``record``; returns its position. Raises OverflowError when the queue is full."""
         with self._cond:
             if self._stopping:
                 raise ServerStopping("the server is shutting down; submit the job again once it runs")
-            if sum(1 for item in self._pending if isinstance(item, JobRecord)) >= self.max_queue:
+            if sum(len(jobs) for jobs in self._clients.values()) >= self.max_queue:
                 raise OverflowError(self.max_queue)
             self.journal.add_job(record.id, record.job.model_dump(mode="json"), record.preview, record.refs,
-                                 record.created, record.idempotency_key)
+                                 record.created, record.idempotency_key, client=record.client or None)
             self.uploads.pin(record.refs)
             self.jobs[record.id] = record
-            self._pending.append(record)
+            record.seq = next(self._seq)
+            self._enqueue(record)
             self._cond.notify()
         position = self.position(record)
         record.add_event("queued", {"position": position})
         return position
 
     def call(self, function, first: bool = False, counted: bool = True) -> Future:
-        """Run ``function()`` on the worker after what is queued (``first``: before it); a Future
+        """Run ``function()`` on a worker after what is queued (``first``: before it); a Future
         of its result. ``counted=False``: jobs behind it do not count it in their positions."""
         future: Future = Future()
         with self._cond:
@@ -221,18 +330,56 @@ class JobQueue:
                                                     "it runs"))
                 return future
             if first:
-                self._pending.appendleft(_Call(function, future, counted))
+                self._calls.appendleft(_Call(function, future, counted, seq=0))
             else:
-                self._pending.append(_Call(function, future, counted))
+                self._calls.append(_Call(function, future, counted, seq=next(self._seq)))
             self._cond.notify()
         return future
+
+    def call_each(self, local, remote=None) -> list[Future]:
+        """Before anything queued, on every worker: ``local()`` on a local worker (in its thread:
+        :meth:`get_engine` is that worker's engine), ``remote(worker)`` on a Ray worker (default:
+        nothing). Futures of each, in the workers' order.
+
+        The local calls (the warm-up: first imports) run one at a time, and no worker takes a job
+        or a queued call before they have all ended: diffusers' lazy module attributes are not
+        safe to resolve from two threads at once."""
+        futures = []
+        lock = threading.Lock()
+
+        def one_at_a_time():
+            try:
+                with lock:
+                    answer = local()
+                    self._local.slot.worker.warmed = True
+                    return answer
+            finally:
+                with self._cond:
+                    self._warming -= 1
+                    self._cond.notify_all()
+
+        with self._cond:
+            for slot in self._slots:
+                future: Future = Future()
+                if self._stopping:
+                    future.set_exception(ServerStopping("the server is shutting down"))
+                elif slot.worker.kind == "local":
+                    self._warming += 1
+                    slot.calls.append((_Call(one_at_a_time, future, False), None))
+                elif remote is not None:
+                    slot.calls.append((_Call(remote, future, False), slot.worker))
+                else:
+                    future.set_result(None)
+                futures.append(future)
+            self._cond.notify_all()
+        return futures
 
     def cancel(self, record: JobRecord) -> str:
         """Cancel ``record`` (loop thread); returns the status to answer (docs/protocol.md):
 
         - a queued job is dropped now: ``cancelled``, and its ``cancelled`` event is recorded;
-        - the running job is asked to stop at its next check: ``running``; its ``cancelled``
-          event follows (or ``finished``, when it had already done its last step);
+        - a running job (on any worker) is asked to stop at its next check: ``running``; its
+          ``cancelled`` event follows (or ``finished``, when it had already done its last step);
         - an ended job is left as it is: its status.
         """
         if record.status in TERMINAL:
@@ -240,13 +387,16 @@ class JobQueue:
         record.cancelled_by_client = True
         record.cancel.set()
         with self._cond:
-            if record in self._pending:
-                self._pending.remove(record)
+            jobs = self._clients.get(record.client)
+            if jobs is not None and record in jobs:
+                jobs.remove(record)
+                if not jobs:
+                    del self._clients[record.client]
                 self.journal.job_ended(record.id, "cancelled", time.time())
                 self.uploads.unpin(record.refs)
                 record.add_event("cancelled", {})
                 return "cancelled"
-        # The worker has it. Its status may still read 'queued' until the started event reaches
+        # A worker has it. Its status may still read 'queued' until the started event reaches
         # this thread, but it is past waiting: it runs, and stops at its next check.
         return "running"
 
@@ -274,11 +424,13 @@ class JobQueue:
 
     # -- restart -------------------------------------------------------------------------
     def restore(self) -> dict[str, int]:
-        """Rebuild jobs and queue from the journal (before :meth:`start`); returns counts by fate."""
+        """Rebuild jobs and the per-client queues from the journal (before :meth:`start`): the
+        jobs that were running first, then the queued ones in their order; returns counts by fate."""
         from ctrlgen.core.engine.jobs import parse_job
 
         counts = {"queued": 0, "rerun": 0, "interrupted": 0, "ended": 0}
         now = time.time()
+        rerun: list[JobRecord] = []
         for row in self.journal.jobs():
             if row.purged:
                 self.expired[row.id] = None
@@ -292,7 +444,8 @@ class JobQueue:
                 self.journal.job_purged(row.id)
                 self.expired[row.id] = None
                 continue
-            record = JobRecord(row.id, job, row.preview, row.refs, created=row.created)
+            record = JobRecord(row.id, job, row.preview, row.refs, created=row.created,
+                               client=getattr(row, "client", None) or ANONYMOUS)
             record.events.append((1, "queued", {"position": 0, "restored": True}))
             if row.status == "running" and row.runs >= RUNS_BEFORE_INTERRUPTED:
                 row.error = {"code": "interrupted",
@@ -307,9 +460,12 @@ class JobQueue:
                 counts["rerun" if row.status == "running" else "queued"] += 1
                 if row.status == "running":
                     self.journal.job_requeued(row.id)
+                    rerun.append(record)
                 self.uploads.pin(record.refs)
                 self.jobs[record.id] = record
-                self._pending.append(record)
+                record.seq = next(self._seq)
+                if row.status == "queued":
+                    self._enqueue(record)
                 continue
             counts["ended"] += 1
             record.started, record.ended = row.started, row.ended or now
@@ -321,9 +477,11 @@ class JobQueue:
             record.status = row.status
             record.error = row.error if row.status in ("error", "interrupted") else None
             self.jobs[record.id] = record
+        for record in reversed(rerun):  # the jobs that were running go first, in their order
+            self._enqueue(record, front=True)
         return counts
 
-    # -- worker thread -------------------------------------------------------------------
+    # -- worker threads ------------------------------------------------------------------
     def _post(self, function, *args) -> None:
         assert self._loop is not None
         try:
@@ -331,56 +489,92 @@ class JobQueue:
         except RuntimeError:  # the loop closed while shutting down
             pass
 
-    def _work(self) -> None:
+    def _take(self, slot: _Slot) -> tuple[JobRecord | _Call, Any] | None:
+        """The next thing for ``slot`` to run (under the lock): a call addressed to it, else the
+        next call or job in the queue's order."""
+        if slot.calls:
+            return slot.calls.popleft()
+        if self._warming:
+            return None
+        job_client = next((client for client, jobs in self._clients.items() if jobs), None)
+        job = self._clients[job_client][0] if job_client is not None else None
+        if self._calls and (job is None or self._calls[0].seq < job.seq):
+            return self._calls.popleft(), None
+        if job is None:
+            return None
+        jobs = self._clients[job_client]
+        jobs.popleft()
+        if jobs:
+            self._clients.move_to_end(job_client)  # the next client's turn
+        else:
+            del self._clients[job_client]
+        return job, None
+
+    def _work(self, slot: _Slot) -> None:
+        self._local.slot = slot
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
+                while not self._stopping and (taken := self._take(slot)) is None:
                     self._cond.wait()
                 if self._stopping:
                     return
-                item = self._pending.popleft()
-                self._busy = True
-                self._busy_counted = getattr(item, "counted", True)
+                item, argument = taken
+                slot.item = item
                 if isinstance(item, JobRecord):
-                    self._running = item
+                    item.worker = slot.worker.id
                     if not item.cancel.is_set():
                         self.journal.job_started(item.id, time.time())
             try:
                 if isinstance(item, _Call):
-                    self._run_call(item)
+                    self._run_call(item, argument)
                 else:
-                    self._run_job(item)
+                    self._run_job(item, slot.worker)
             finally:
                 with self._cond:
-                    self._running = None
-                    self._busy = False
+                    slot.item = None
+                    self._cond.notify_all()
+
+    @property
+    def engine(self) -> Any:
+        """The first local worker's engine, once made (None before)."""
+        for slot in self._slots:
+            if slot.worker.kind == "local":
+                return slot.worker.engine
+        return self._check_engine
 
     def get_engine(self):
-        """The worker's engine (made on first use, from any thread): it runs the jobs, and the
-        HTTP side uses it to check jobs before they are queued (:meth:`Engine.check` takes no lock)."""
+        """On a local worker's thread, that worker's engine (made on first use); elsewhere the
+        engine the HTTP side checks jobs with before they are queued (:meth:`Engine.check` takes
+        no lock): the first local worker's, or with only Ray workers one that runs nothing."""
+        slot = getattr(self._local, "slot", None)
+        if slot is not None and slot.worker.kind == "local":
+            return slot.worker.get_engine()
+        for candidate in self._slots:
+            if candidate.worker.kind == "local":
+                return candidate.worker.get_engine()
         with self._engine_lock:
-            if self.engine is None:
+            if self._check_engine is None:
                 from ctrlgen.core.engine.engine import Engine
 
-                # Clients name models as the store knows them, never by arbitrary paths.
-                self.engine = Engine(device=self.device, allow_paths=False)
-            return self.engine
+                self._check_engine = Engine(device="cpu", allow_paths=False)
+            return self._check_engine
 
-    def _run_call(self, call: _Call) -> None:
+    def _run_call(self, call: _Call, argument: Any = None) -> None:
         if not call.future.set_running_or_notify_cancel():
             return
         try:
-            call.future.set_result(call.function())
+            call.future.set_result(call.function() if argument is None else call.function(argument))
         except BaseException as exc:  # the HTTP side turns it into an answer
             call.future.set_exception(exc)
 
-    def _run_job(self, record: JobRecord) -> None:
+    def _run_job(self, record: JobRecord, worker: Any = None) -> None:
+        requeued = False
         try:
             if record.cancel.is_set():
                 self._end(record, "cancelled", {})
                 return
             try:
-                result = self._execute(record)
+                result = self._execute(record, worker)
                 results = self._keep_results(result)
             except CancelledError:
                 if self._stopping and not record.cancelled_by_client:
@@ -388,6 +582,18 @@ class JobQueue:
                     self.journal.job_requeued(record.id)
                     return
                 self._end(record, "cancelled", {})
+            except WorkerLost as exc:
+                record.losses += 1
+                if record.losses < WORKER_LOSSES and not self._stopping:
+                    log.warning("%s; job %s runs again", exc, record.id)
+                    self.journal.job_requeued(record.id)
+                    with self._cond:
+                        self._enqueue(record, front=True)
+                        self._cond.notify_all()
+                    requeued = True
+                    return
+                self._end(record, "error", {"code": "internal_error",
+                                            "message": f"{exc} (for the {record.losses}. time; not run again)"})
             except BaseException as exc:  # every failure ends the job, never the worker
                 code = error_code(exc)
                 message = str(exc) if code != "internal_error" else f"{type(exc).__name__}: {exc}"
@@ -403,7 +609,8 @@ class JobQueue:
                 if self.outputs is not None:
                     self.outputs.save(result, record.id)
         finally:
-            self.uploads.unpin(record.refs)
+            if not requeued:
+                self.uploads.unpin(record.refs)
 
     def _end(self, record: JobRecord, status: str, data: dict) -> None:
         """A job ended without results (worker thread): journal first, then tell the clients."""
@@ -416,6 +623,7 @@ class JobQueue:
 
         kept = []
         region = region_info(result)
+        labels = list(getattr(result, "labels", None) or [])  # LayerDiffuse's layers: which image is which
         for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
             pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
             digest = hashlib.sha256(memoryview(pixels).cast("B")).hexdigest()
@@ -424,6 +632,8 @@ class JobQueue:
             channels = 1 if pixels.ndim == 2 else pixels.shape[2]
             kept.append({"index": index, "width": width, "height": height, "channels": channels, "seed": int(seed),
                          "digest": digest, **region})
+            if index < len(labels):
+                kept[-1]["label"] = labels[index]
         return kept
 
     def result_pixels(self, item: dict) -> np.ndarray:
@@ -436,8 +646,9 @@ class JobQueue:
         record.add_event("finished", {"results": record.result_info()})
         self.purge()
 
-    def _execute(self, record: JobRecord):
-        engine = self.get_engine()
+    def _execute(self, record: JobRecord, worker: Any = None):
+        if worker is None:
+            worker = self._slots[0].worker
 
         def on_event(event) -> None:
             if event.kind == "started":
@@ -451,8 +662,7 @@ class JobQueue:
                 self._post(record.add_event, "detail", detail_event(event.data))
             # finished / error / cancelled are reported from the outcome, with the server's codes
 
-        return engine.run(record.job, on_event=on_event, cancel=record.cancel, job_id=record.id,
-                          images=self.uploads.resolve, preview=record.preview)
+        return worker.run(record, on_event, self.uploads.resolve)
 
     @staticmethod
     def _free_memory() -> None:

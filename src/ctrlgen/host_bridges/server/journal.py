@@ -2,7 +2,8 @@
 
 A job is written here before ``POST /v1/jobs`` answers 202, and every change of state
 (started, finished, error, cancelled, interrupted) is written when it happens, so a server
-killed with ``kill -9`` starts again from the journal: queued jobs run in their order, the
+killed with ``kill -9`` starts again from the journal: queued jobs run in their order (per client: the ``client``
+column, ``X-Ctrlgen-Client``; a journal without it is migrated, its jobs anonymous), the
 job that was running runs again first (once; a job that was running at two crashes in a row
 ends ``interrupted``, so one job that kills the server cannot keep it down), and finished
 results are still there (the pixels are files by hash, see :mod:`.files`).
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     results TEXT,
     purged INTEGER NOT NULL DEFAULT 0,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -70,6 +72,7 @@ class JobRow:
     error: dict | None
     results: list[dict] | None
     purged: bool
+    client: str | None = None  # the X-Ctrlgen-Client it came from (None: anonymous)
 
 
 @dataclass
@@ -93,6 +96,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "client" not in columns:  # a journal from before per-client queues: its jobs are anonymous
+            self._db.execute("ALTER TABLE jobs ADD COLUMN client TEXT")
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         self._seq = int(row[0])
 
@@ -106,13 +112,14 @@ class Journal:
 
     # -- jobs ---------------------------------------------------------------------------
     def add_job(self, job_id: str, job: dict[str, Any], preview: bool, refs: list[str], created: float,
-                idempotency_key: str | None = None) -> None:
+                idempotency_key: str | None = None, client: str | None = None) -> None:
         with self._lock:
             self._seq += 1
             self._db.execute(
-                "INSERT INTO jobs (id, seq, created, status, job, preview, refs, idempotency_key) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (job_id, self._seq, created, json.dumps(job), int(preview), json.dumps(refs), idempotency_key))
+                "INSERT INTO jobs (id, seq, created, status, job, preview, refs, idempotency_key, client) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, self._seq, created, json.dumps(job), int(preview), json.dumps(refs), idempotency_key,
+                 client))
 
     def job_with_key(self, idempotency_key: str) -> str | None:
         """The id of the job submitted with this ``Idempotency-Key``, if any."""
@@ -145,12 +152,12 @@ class Journal:
         """Every job the journal knows, in submission order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, seq, created, started, ended, status, job, preview, refs, runs, error, results, purged "
-                "FROM jobs ORDER BY seq").fetchall()
+                "SELECT id, seq, created, started, ended, status, job, preview, refs, runs, error, results, purged, "
+                "client FROM jobs ORDER BY seq").fetchall()
         return [JobRow(id=r[0], seq=r[1], created=r[2], started=r[3], ended=r[4], status=r[5], job=json.loads(r[6]),
                        preview=bool(r[7]), refs=json.loads(r[8]), runs=r[9],
                        error=json.loads(r[10]) if r[10] else None, results=json.loads(r[11]) if r[11] else None,
-                       purged=bool(r[12])) for r in rows]
+                       purged=bool(r[12]), client=r[13]) for r in rows]
 
     def referenced_uploads(self) -> set[str]:
         """Digests that queued or running jobs still need."""

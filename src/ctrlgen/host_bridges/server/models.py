@@ -82,6 +82,22 @@ class UploadMemory(BaseModel):
     memory_limit_bytes: int = Field(description="the budget (--max-memory); beyond it images stay on disk only")
 
 
+class WorkerInfo(BaseModel):
+    id: int = Field(description="the worker's number (0, 1, ...)")
+    device: str = Field(description="its device: cpu, cuda:0, ...; 'auto' before its engine chose one; a Ray "
+                        "worker's device@node once its actor runs")
+    kind: Literal["local", "ray"] = Field(description="an engine in the server's process, or a Ray actor")
+    state: Literal["idle", "running"]
+    job: str | None = Field(description="the id of the job it runs (null: none, or a preprocess call)")
+
+
+class Workers(BaseModel):
+    """Where jobs run (``ctrlgen serve --workers/--devices/--ray``; docs/scaling.md)."""
+
+    count: int
+    items: list[WorkerInfo]
+
+
 class Warmth(BaseModel):
     """How far the server is with warming up (docs/protocol.md#warm-up)."""
 
@@ -99,6 +115,7 @@ class Health(Warmth):
     version: str
     queue: QueueState
     uploads: UploadMemory
+    workers: Workers | None = Field(default=None, description="the workers and what each runs")
 
 
 class ParamInfo(BaseModel):
@@ -206,6 +223,7 @@ class Capabilities(Warmth):
     conflicts: list[Conflict]
     features: list[FeatureInfo] = Field(default_factory=list, description="job features and the fields that "
                                         "configure them (upscale, hires fix; docs/jobs.md)")
+    workers: Workers | None = Field(default=None, description="the workers jobs run on, and what each runs")
 
 
 class UploadAnswer(BaseModel):
@@ -231,6 +249,9 @@ class ResultInfo(BaseModel):
     height: int
     channels: Literal[1, 3, 4] = Field(description="3 (RGB), or 4 (RGBA) when the job's image had alpha")
     seed: int
+    label: str | SkipJsonSchema[None] = _absent_unless(
+        "which layer of a LayerDiffuse job this image is: foreground (RGBA), background or blended (the "
+        "job's adapters section lists the order)")
     changed_box: list[int] | SkipJsonSchema[None] = _absent_unless(
         "[x0, y0, x1, y1] in the result's own frame: the pixels that may differ from the job's image (the "
         "feathered mask's padded bounds); absent when the whole image is new (txt2img). GET the result with "

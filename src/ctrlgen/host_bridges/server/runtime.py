@@ -1,14 +1,17 @@
 """The server's life: warming up after start, and stopping cleanly.
 
-- :class:`Warmup` runs first on the job worker, right after the server starts listening: it
-  imports torch and the diffusers pipeline classes (seconds, paid by the first job otherwise)
-  and, with ``--preload MODEL``, loads that model. ``/v1/health`` answers meanwhile (the event
+- :class:`Warmup` runs first on every job worker, right after the server starts listening: on
+  each local worker it imports torch and the diffusers pipeline classes (seconds, paid by the
+  first job otherwise) and, with ``--preload MODEL``, loads that model into that worker's
+  engine; each Ray worker starts its actor, checks the model folders (and the preloaded model)
+  on every node and warms the actor the same way. ``/v1/health`` answers meanwhile (the event
   loop never waits for it); health and capabilities report ``state``: ``warming``, then
   ``ready``. A job submitted while warming waits behind it in the queue, as behind a job.
 - :class:`Runtime` owns what lives as long as the server (queue, uploads, outputs, journal,
   the state folder's lock) and stops it once, however the stop was asked for (Ctrl+C, SIGTERM,
   a second Ctrl+C): event streams end, waiting calls fail with 503, the running job is
-  interrupted at its next step and goes back to the journal's queue, the journal is closed.
+  interrupted at its next step and goes back to the journal's queue (every running job, on
+  every worker), the journal is closed (and a Ray cluster the server started is stopped).
 """
 
 from __future__ import annotations
@@ -43,7 +46,19 @@ class Warmup:
 
     def start(self) -> None:
         if self.enabled:
-            self.queue.call(self._warm, first=True, counted=False).add_done_callback(self._done)
+            futures = self.queue.call_each(self._warm, remote=self._prepare_remote)
+            self._waiting = len(futures)
+            self._waiting_lock = threading.Lock()
+            if not futures:
+                self._done(None)
+            for future in futures:
+                future.add_done_callback(self._done)
+
+    def _prepare_remote(self, worker: Any) -> None:
+        """A Ray worker's warm-up: its actor, the files on every node, the preloaded model."""
+        started = time.perf_counter()
+        worker.prepare(None if self.queue.stopping else self.preload)
+        self.seconds = max(self.seconds or 0.0, time.perf_counter() - started)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"state": self.state}
@@ -56,11 +71,17 @@ class Warmup:
         return info
 
     def _done(self, future) -> None:
-        exc = future.exception() if not future.cancelled() else None
+        """One worker warmed up (``future``); the state is ``ready`` once every worker has."""
+        exc = future.exception() if future is not None and not future.cancelled() else None
         if exc is not None and self.error is None:
             self.error = f"{type(exc).__name__}: {exc}"
             if not self.queue.stopping:
                 log.warning("warming up failed (jobs still run; they load what they need): %s", self.error)
+        if future is not None:
+            with self._waiting_lock:
+                self._waiting -= 1
+                if self._waiting > 0:
+                    return
         self.state = "ready"
         self.ready.set()
 
@@ -83,6 +104,16 @@ class Warmup:
                         tasks.pipeline_class(architecture, task, controlnet)
                     except CtrlgenError:  # a combination the architecture does not have
                         continue
+        # 1b. The first calls a first job pays beyond imports (torch's operators, diffusers'
+        #     model construction and forward code, the tokenizer's build, the engine's job-time
+        #     modules): one throwaway 2-step txt2img on a tiny in-memory pipeline (core/engine/warm.py).
+        if not self.queue.stopping:
+            from ctrlgen.core.engine.warm import warm_code_paths
+
+            try:
+                warm_code_paths(engine.device)
+            except Exception as exc:  # noqa: BLE001 - only a warm-up: the first job pays it instead
+                log.debug("warming the code paths failed: %s", exc)
         # 2. The preloaded model: the engine's pipeline cache keeps it for the jobs.
         if self.preload and not self.queue.stopping:
             try:
@@ -144,6 +175,7 @@ class Runtime:
                     log.warning("the running job did not stop within %.0f s; stopping anyway (it runs again at "
                                 "the next start)", waited)
                     return False
+            self.queue.close_workers()
             self.uploads.close()
             if self.outputs is not None:
                 self.outputs.close()
@@ -151,5 +183,4 @@ class Runtime:
             return True
 
     def worker_alive(self) -> bool:
-        thread = getattr(self.queue, "_thread", None)
-        return thread is not None and thread.is_alive()
+        return self.queue.worker_alive()
