@@ -54,6 +54,7 @@ class BridgeHttpProtocol(HttpToolsProtocol):
     header_timeout_s = HEADER_TIMEOUT_S
     body_idle_timeout_s = BODY_IDLE_TIMEOUT_S
     max_body_bytes = 256 * 2**20  # larger image bodies take uvicorn's path (and the route refuses them)
+    live_hub = None  # a live.LiveHub (set by serving): ``GET /v1/live`` upgrades to its WebSocket
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -185,6 +186,15 @@ class BridgeHttpProtocol(HttpToolsProtocol):
             self._sink.abort(400, "incomplete_body", "the client closed the connection before the body ended")
             self._sink = None
         super().connection_lost(exc)
+
+    # -- the live channel (live.py): uvicorn's WebSocket hooks, for /v1/live only ----------------
+    def _should_upgrade_to_ws(self) -> bool:
+        return self.live_hub is not None and self.url.split(b"?", 1)[0] == b"/v1/live"
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        self._in_body = False
+        self.live_hub.upgrade(self)  # the Host/Origin/token checks, then the handshake
 
     # -- what uvicorn sends for bytes it cannot parse -----------------------------------------
     def send_400_response(self, msg: str) -> None:

@@ -183,13 +183,15 @@ def serve(config: ServerConfig) -> int:
         async def shutdown(self, sockets=None) -> None:
             _remove_server_json(folder)
             runtime.begin_stop()  # event streams end, waiting calls fail: connections can close
+            app.app.state.live.close_all()  # live channels (WebSockets) too
             await super().shutdown(sockets=sockets)
             # The lifespan closed the runtime, unless a second Ctrl+C made uvicorn skip it.
             await asyncio.to_thread(runtime.close)
             cleanup()
 
     protocol = type("Protocol", (BridgeHttpProtocol,), {"header_timeout_s": config.stall_timeout_s,
-                                                         "body_idle_timeout_s": config.stall_timeout_s})
+                                                         "body_idle_timeout_s": config.stall_timeout_s,
+                                                         "live_hub": app.app.state.live})
     uv_config = uvicorn.Config(app, log_level=config.log_level, http=protocol, ws="none", lifespan="on",
                                timeout_graceful_shutdown=3, access_log=False, server_header=False)
 
