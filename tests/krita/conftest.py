@@ -21,6 +21,8 @@ SCENARIOS = ("undo", "window", "inpaint", "control", "cancel", "server_down", "b
              "closed_document", "reference_whole", "server_status", "hidden_layers", "map_none",
              # the Fix workspace and the history (krita_scenarios_fix.py)
              "fix_faces", "fix_selection", "history",
+             # Upscale, regions and selection modes (krita_scenarios_upscale.py)
+             "upscale", "regions", "selection_modes",
              # Last, the two that show a document in a view of the main window and leave it open
              # (closing a viewed document from a script unsettles Krita 5.1 for later scenarios):
              # "placement" (krita_scenarios_bugs.py) and the docker docked in a real session.
@@ -112,4 +114,7 @@ def krita_model_root(tmp_path_factory, tiny_model_cache, tiny_sd15, tiny_sdxl) -
     root = write_model_root(tmp_path_factory.mktemp("krita-models"), "a1111", architectures=("sd15", "sdxl"),
                             cache_dir=tiny_model_cache)
     add_tiny_ip_adapter_models(root)
+    from ctrlgen.testing.tiny_upscalers import write_tiny_upscaler
+
+    write_tiny_upscaler(root.models_dir / "ESRGAN", "compact", scale=2, name="2x-compact")  # the Upscale scenario's
     return Path(root.root)

@@ -404,7 +404,8 @@ def main(args=None):
     except Exception:
         report["qt_api"] = traceback.format_exc()
     scenarios = dict(SCENARIOS)
-    for module in ("krita_scenarios_bugs", "krita_scenarios_fix", "krita_scenarios_docker"):  # more scenarios, in their own files
+    for module in ("krita_scenarios_bugs", "krita_scenarios_fix", "krita_scenarios_docker",
+                   "krita_scenarios_upscale", "krita_scenarios_live"):  # more scenarios, in their own files
         try:
             scenarios.update(__import__(module).SCENARIOS)
         except Exception:

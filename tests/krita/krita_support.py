@@ -47,6 +47,7 @@ def scenario_config(server, out_dir: Path, scenarios) -> dict:
         "scenarios": list(scenarios), "out": str(out_dir / "report.json"),
         "url": server.url, "config_dir": str(server.config_dir), "token": server.token,
         "model": server.model, "controlnet": server.controlnet, "ip_adapter": "tiny-ip-adapter_sd15",
+        "upscaler": "2x-compact",
         "dead_url": f"http://127.0.0.1:{free_port()}", "empty_config_dir": str(out_dir / "no-server"),
         "screenshot": str(out_dir / "krita-docker.png"), "window_screenshot": str(out_dir / "krita-window.png"),
     }

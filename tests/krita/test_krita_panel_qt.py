@@ -172,8 +172,8 @@ def test_panel_is_compact_and_every_control_has_a_tooltip(qapp):
                and not isinstance(w.parent(), (QtWidgets.QAbstractSpinBox, QComboBox, QtWidgets.QDialogButtonBox,
                                                QtWidgets.QScrollBar, QtWidgets.QAbstractScrollArea))]
     assert not missing, missing
-    # Upscale and Live are listed but not selectable until the server has them.
+    # Every workspace is built (Live since the server's live channel, issue 16).
     model = panel.workspace_combo.model()
     enabled = {panel.workspace_combo.itemData(i): model.item(i).isEnabled() for i in range(model.rowCount())}
-    assert enabled == {"generate": True, "fix": True, "upscale": False, "live": False}
+    assert enabled == {"generate": True, "fix": True, "upscale": True, "live": True}
     panel.close()

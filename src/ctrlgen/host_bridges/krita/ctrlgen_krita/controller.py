@@ -560,6 +560,10 @@ class Controller:
             return
         task = running.capture.task if running.kind == "generate" else entry.task
         settings = running.settings or self.settings
+        if running.kind == "upscale":  # the document takes the result's size (every layer scaled)
+            from .upscale import resize_document
+
+            resize_document(running.doc, running.capture.region)
         for index, (bgra, seed) in enumerate(layers):
             layer = None
             if not settings.keep_in_history:

@@ -16,11 +16,12 @@ from .logic import (
     REFERENCE_ONLY,
     ControlLayer,
     ReferenceLayer,
+    action_label,
     matching_models,
     models_of,
     preprocessor_names,
 )
-from .pages import FixPage, GeneratePage
+from .pages import FixPage, GeneratePage, UpscalePage
 from .qt import (
     QCheckBox,
     QComboBox,
@@ -47,14 +48,14 @@ from .qt import (
 from .settings_dialog import SettingsDialog
 from .styles import load_styles, styles_folder
 
-# (id, label, tooltip, built): Upscale and Live need server features that do not exist yet.
+# (id, label, tooltip, built): a workspace not built yet is listed greyed out.
 WORKSPACES = (
     ("generate", "Generate", "Text to image, refine (img2img) and inpaint the selection", True),
     ("fix", "Fix faces / hands", "Find faces or hands, see them outlined, then repaint them (the detailer)", True),
-    ("upscale", "Upscale (needs the server's upscale task)", "Not available yet: the server has no upscale "
-     "task", False),
-    ("live", "Live (needs the server's live mode)", "Not available yet: the server has no low-latency live "
-     "connection", False),
+    ("upscale", "Upscale", "Enlarge the document (× 1.5, × 2, × 4 or a size) with an upscaler model, refined in "
+     "tiles; the result is a new layer", True),
+    ("live", "Live", "Live painting: while you paint, the canvas (or the selection's box) is generated again; "
+     "Apply adds the newest frame as a layer", True),
 )
 THUMB = 64
 STATUS_COLOURS = {"connected": "#3a3", "connecting": "#c90", "lost": "#d33", "error": "#d33", "disconnected": "#888"}
@@ -168,6 +169,25 @@ class CtrlgenPanel(QWidget):
         for button in (self.fix_faces_button, self.fix_hands_button, self.run_fix_button, self.cancel_fix_button):
             row.addWidget(button)
         self.action_stack.addWidget(fix_row)
+        self.upscale_row = QWidget(self.action_stack)
+        row = QHBoxLayout(self.upscale_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.upscale_button = QPushButton("Upscale", self.upscale_row)
+        self.upscale_button.setToolTip("Upscale the visible image: the document is enlarged (every layer scaled) "
+                                       "and the refined picture is added as a new layer")
+        self.upscale_button.clicked.connect(self.on_upscale)
+        upscale_cancel = QToolButton(self.upscale_row)
+        upscale_cancel.setText("✕")
+        upscale_cancel.setToolTip("Cancel the newest running or queued job; nothing is added")
+        upscale_cancel.clicked.connect(lambda: self.controller.cancel())
+        row.addWidget(self.upscale_button, 1)
+        row.addWidget(upscale_cancel)
+        self.action_stack.addWidget(self.upscale_row)
+        from .live import LiveMode, make_page  # the Live workspace (live.py)
+
+        self.live = LiveMode(self.controller)
+        self.live_row, self.live_page = make_page(self.live, self.action_stack, self.read_settings)
+        self.action_stack.addWidget(self.live_row)
         self.action_stack.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         outer.addWidget(self.action_stack)
 
@@ -199,8 +219,13 @@ class CtrlgenPanel(QWidget):
         self.fix_page = FixPage(self.pages)
         self.pages.addWidget(self.generate_page)
         self.pages.addWidget(self.fix_page)
+        self.upscale_page = UpscalePage(self.pages)
+        self.pages.addWidget(self.upscale_page)
+        self.live_page.setParent(self.pages)
+        self.pages.addWidget(self.live_page)
         layout.addWidget(self.pages)
         g = self.generate_page
+        g.document = lambda: self.controller.document()
         self.styles: list[Any] = []
         g.style_combo.currentIndexChanged.connect(self._style_changed)
         g.strength_spin.valueChanged.connect(lambda _value: self._label_action())
@@ -312,6 +337,13 @@ class CtrlgenPanel(QWidget):
         self.controller.run_fix()
         self.refresh()
 
+    def on_upscale(self) -> None:
+        from .upscale import start_upscale
+
+        self.read_settings()
+        start_upscale(self.controller, self.upscale_page.read())
+        self.refresh()
+
     def on_cancel_fix(self) -> None:
         self.controller.cancel_fix()
         self.refresh()
@@ -321,6 +353,14 @@ class CtrlgenPanel(QWidget):
         page = {"generate": 0, "fix": 1}.get(ident, 0)
         self.pages.setCurrentIndex(page)
         self.action_stack.setCurrentIndex(page)
+        if ident == "upscale":
+            self.pages.setCurrentWidget(self.upscale_page)
+            self.action_stack.setCurrentWidget(self.upscale_row)
+        if ident == "live":
+            self.pages.setCurrentWidget(self.live_page)
+            self.action_stack.setCurrentWidget(self.live_row)
+        elif self.live.active:  # Live runs only while its workspace is shown
+            self.live.stop()
         self.refresh()
 
     def show_workspace(self, ident: str) -> None:
@@ -409,6 +449,11 @@ class CtrlgenPanel(QWidget):
         if self.controller._polling or kritadoc.busy():  # inside a Krita call that runs events: leave Krita be
             return
         self.controller.poll()
+        if self.live.tick():
+            self.live_page.refresh()
+            if self.live.message:
+                self.message_label.setText(self.live.message)
+                self.message_label.setVisible(True)
         self._ticks += 1
         if self._ticks % 10 == 0:  # twice a second: the selection may have changed
             self._label_action()
@@ -420,12 +465,7 @@ class CtrlgenPanel(QWidget):
         except RuntimeError:
             selected = False
         strength = self.strength_spin.value()
-        mode = self.generate_page.mode_combo.currentData()
-        if selected:
-            text = "Replace background" if mode == "replace_background" else (
-                "Inpaint selection" if strength >= 100 else "Refine selection")
-        else:
-            text = "Generate" if strength >= 100 else "Refine"
+        text = action_label(selected, strength, self.generate_page.mode_combo.currentData())
         if self.generate_button.text() != text:
             self.generate_button.setText(text)
 
@@ -446,6 +486,7 @@ class CtrlgenPanel(QWidget):
             [*matching_models(caps, "ipadapter", checkpoint), REFERENCE_ONLY], self.on_remove_layer,
             self.on_preview_control)
         self.fix_page.fill(caps)
+        self.upscale_page.fill(caps)
         pending = c.pending_fix is not None
         for button in (self.fix_faces_button, self.fix_hands_button):
             button.setVisible(not pending)

@@ -19,6 +19,9 @@ from .logic import (
     choose_task,
     inpaint_region,
     layer_pixels_for_server,
+    region_mask,
+    region_prompt,
+    selection_plan,
 )
 
 INVERT = bytes(range(255, -1, -1))  # bytes.translate table: 255 - value
@@ -126,12 +129,14 @@ def capture(doc: Any, settings: Settings) -> Capture:
     canvas = canvas_rect(doc)
     selection = prepared_selection(doc, settings)
     task = choose_task(selection is not None, settings.strength)
-    invert = selection is not None and settings.selection_mode == "replace_background"
-    if selection is not None and not invert:
-        region = inpaint_region(Rect(selection.x(), selection.y(), selection.width(), selection.height()),
-                                canvas, settings.context_px)
-    else:
-        region = canvas
+    invert = False
+    region = canvas
+    if selection is not None:
+        bounds = Rect(selection.x(), selection.y(), selection.width(), selection.height())
+        plan = selection_plan(settings.selection_mode, settings.strength, settings.context_px, bounds)
+        invert = plan.invert  # replace background: the whole canvas but the selection
+        if not invert:
+            region = inpaint_region(bounds, canvas, plan.context_px)
     check_size(region)
     doc.waitForDone()  # the projection must include the latest strokes
     result = Capture(task=task, region=region)
@@ -158,9 +163,45 @@ def capture(doc: Any, settings: Settings) -> Capture:
             raise DocumentError(f"Reference layer {item.layer_name!r} is empty: paint on it, or remove it "
                                 "from the list.")
         result.references.append((item, layer_pixels(node, rect), rect))
+    if settings.regions_group:
+        result.regions = capture_regions(doc, settings, region, result.skipped)
     if not settings.place_on_top:
         result.above = active_layer(doc)
     return result
+
+
+def group_layers(doc: Any) -> list[Any]:
+    """The document's group layers, top of the stack first."""
+    return [node for node in iter_layers(doc) if node.type() == "grouplayer"] if doc is not None else []
+
+
+def region_layers(doc: Any, group_id: str) -> list[Any]:
+    """The regions group's child layers (top first), masks and the group's own masks left out."""
+    group = find_layer(doc, group_id) if group_id else None
+    if group is None or group.type() != "grouplayer":
+        return []
+    return [child for child in reversed(list(group.childNodes())) if child.type() in LAYER_TYPES]
+
+
+def capture_regions(doc: Any, settings: Settings, region: Rect, skipped: list[str]) -> list[tuple[str, str, bytes]]:
+    """Each shown child of the regions group as ``(name, prompt, mask)``: the mask is the
+    layer's alpha × its opacity, cut to ``region``. Hidden children are named in ``skipped``;
+    a child with nothing painted in ``region`` is left out."""
+    group = find_layer(doc, settings.regions_group)
+    if group is None or group.type() != "grouplayer":
+        raise DocumentError("The regions group no longer exists: choose another group (or none) on the Generate "
+                            "page.")
+    regions = []
+    for child in region_layers(doc, settings.regions_group):
+        if not is_shown(child):
+            skipped.append(child.name())
+            continue
+        opacity = int(child.opacity()) if hasattr(child, "opacity") else 255
+        mask = region_mask(layer_pixels(child, region), opacity)
+        if not mask.strip(b"\x00"):
+            continue
+        regions.append((child.name(), region_prompt(settings, node_id(child), child.name()), mask))
+    return regions
 
 
 def capture_for_fix(doc: Any, settings: Settings) -> Capture:

@@ -1,5 +1,5 @@
-"""The docker's workspace pages: Generate (options, control and reference layers) and Fix
-(faces / hands, the detections drawn before anything is repainted)."""
+"""The docker's workspace pages: Generate (options, control and reference layers, regions),
+Fix (faces / hands, the detections drawn before anything is repainted) and Upscale."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ from typing import Any
 
 from .fixing import FixSettings, detectors_for
 from .layer_rows import ControlRow, ReferenceRow, fill_combo, fraction_spin
-from .logic import SELECTION_MODES, Settings
+from .logic import (
+    SELECTION_MODE_TIPS,
+    SELECTION_MODES,
+    UPSCALE_FACTORS,
+    Settings,
+    UpscaleSettings,
+    upscalers_of,
+)
 from .qt import (
     QComboBox,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -68,10 +76,12 @@ class GeneratePage(QWidget):
         self.seed_spin.setToolTip("Seed: random, or a number to repeat a result (each result's seed is in the "
                                   "history and the layer name)")
         self.mode_combo = compact(QComboBox(self))
-        for mode, text in SELECTION_MODES.items():
+        for index, (mode, text) in enumerate(SELECTION_MODES.items()):
             self.mode_combo.addItem(text, mode)
-        self.mode_combo.setToolTip("With a selection: repaint inside it, or everything outside it (replace the "
-                                   "background of what you selected)")
+            self.mode_combo.setItemData(index, SELECTION_MODE_TIPS[mode], Qt.ItemDataRole.ToolTipRole)
+        self.mode_combo.setToolTip("Selection mode, with a selection: Fill, Expand, Add content, Remove content or "
+                                   "Replace background (hover each for what it does)")
+        self.mode_combo.currentIndexChanged.connect(self._mode_tip)
         self.batch_spin = QSpinBox(self)
         self.batch_spin.setRange(1, 16)
         self.batch_spin.setPrefix("Batch × ")
@@ -91,9 +101,23 @@ class GeneratePage(QWidget):
                                     "templates (JSON files in ctrlgen's config folder, krita-styles/)")
         self.style_combo.addItem("No style")
         grid.addWidget(self.style_combo, 2, 0, 1, 2)
+        self.regions_combo = GroupCombo(self)
+        self.regions_combo.setToolTip("Regions: a group layer whose child layers are regions — each child's "
+                                      "painted pixels (× its opacity) are where its prompt (the layer's name, or "
+                                      "the one typed below) applies; the prompt above is for the whole picture. "
+                                      "A group named 'Regions' is chosen by itself")
+        self.regions_combo.activated.connect(self._group_chosen)
+        grid.addWidget(self.regions_combo, 3, 0, 1, 2)
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
         layout.addLayout(grid)
+        self.region_box = QVBoxLayout()
+        self.region_box.setSpacing(2)
+        layout.addLayout(self.region_box)
+        self.region_rows: list[RegionRow] = []
+        self.document: Callable[[], Any] = lambda: None  # the docker sets its document getter
+        self.settings: Settings | None = None
+        self._chosen_group: str | None = None  # None: not chosen by the user (a "Regions" group is used)
 
         row = QHBoxLayout()
         self.add_control_button = QPushButton("+ Control", self)
@@ -117,12 +141,63 @@ class GeneratePage(QWidget):
         s.seed = self.seed_spin.value()
         s.selection_mode = self.mode_combo.currentData() or "fill"
         s.batch_size = self.batch_spin.value()
+        self.settings = s
+        self.sync_regions(s)
+        s.regions_group = self.regions_combo.currentData() or ""
+
+    def _mode_tip(self, index: int) -> None:
+        mode = self.mode_combo.itemData(index)
+        if mode in SELECTION_MODE_TIPS:
+            self.mode_combo.setToolTip(SELECTION_MODE_TIPS[mode])
+
+    def _group_chosen(self, index: int) -> None:
+        self._chosen_group = self.regions_combo.itemData(index) or ""
+        if self.settings is not None:
+            self.settings.regions_group = self._chosen_group
+            self.sync_regions(self.settings)
+
+    def sync_regions(self, settings: Settings) -> None:
+        """The regions group choice and one prompt row per child layer, from the active document."""
+        from . import kritadoc
+
+        doc = self.document()
+        if not kritadoc.is_open(doc):
+            doc = None
+        try:
+            groups = [(kritadoc.node_id(g), g.name()) for g in kritadoc.group_layers(doc)] if doc is not None else []
+        except (RuntimeError, AttributeError):  # closed meanwhile
+            doc, groups = None, []
+        self.regions_combo.groups = groups
+        wanted = self._chosen_group
+        if wanted is None:  # never chosen: the group named "Regions", if any
+            wanted = next((ident for ident, name in groups if name.strip().lower() == "regions"), "")
+        if wanted and wanted not in [ident for ident, _ in groups]:
+            wanted = ""
+        self.regions_combo.refill(wanted)
+        settings.regions_group = wanted
+        children = []
+        if wanted and doc is not None:
+            try:
+                children = [(kritadoc.node_id(c), c.name()) for c in kritadoc.region_layers(doc, wanted)]
+            except (RuntimeError, AttributeError):  # closed meanwhile
+                children = []
+        if [(row.layer_id, row.layer_name) for row in self.region_rows] != children:
+            for row in self.region_rows:
+                row.setParent(None)
+                row.deleteLater()
+            self.region_rows = [RegionRow(ident, name, settings, self) for ident, name in children]
+            for row in self.region_rows:
+                self.region_box.addWidget(row)
+        for row in self.region_rows:
+            row.settings = settings
 
     def sync_rows(self, settings: Settings, preprocessors: list[str], control_models: list[str],
                   reference_models: list[str], on_remove: Callable[[Any], None],
                   on_preview: Callable[[Any], None]) -> None:
         """One row per control and reference layer in ``settings`` (rows are rebuilt only when
-        the list changed, so editing a row never loses focus)."""
+        the list changed, so editing a row never loses focus), and the regions' rows."""
+        self.settings = settings
+        self.sync_regions(settings)
         wanted = [*settings.controls, *settings.references]
         if len(self.rows) != len(wanted) or any(row.item is not item for row, item in zip(self.rows, wanted,
                                                                                           strict=True)):
@@ -143,6 +218,63 @@ class GeneratePage(QWidget):
                 row.fill(preprocessors, control_models)
             else:
                 row.fill(reference_models)
+
+
+class GroupCombo(QComboBox):
+    """The regions group: "No regions" or one of the document's group layers, listed anew each
+    time the list opens (layers come and go)."""
+
+    NONE = "No regions"
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        compact(self, 8)
+        self.groups: list[tuple[str, str]] = []  # (layer id, name)
+        self.on_open: Callable[[], None] = lambda: None
+        self.refill("")
+
+    def refill(self, current: str) -> None:
+        items = [("", self.NONE)] + [(ident, f"Regions: {name}") for ident, name in self.groups]
+        have = [(self.itemData(i) or "", self.itemText(i)) for i in range(self.count())]
+        self.blockSignals(True)
+        if have != items:
+            self.clear()
+            for ident, text in items:
+                self.addItem(text, ident)
+        self.setCurrentIndex(max(0, self.findData(current)) if current else 0)
+        self.blockSignals(False)
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        parent = self.parent()
+        if isinstance(parent, GeneratePage) and parent.settings is not None:
+            parent.sync_regions(parent.settings)
+        super().showPopup()
+
+
+class RegionRow(QFrame):
+    """One region: the child layer's name and its prompt (empty: the name)."""
+
+    def __init__(self, layer_id: str, layer_name: str, settings: Settings, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.layer_id, self.layer_name, self.settings = layer_id, layer_name, settings
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(3, 2, 3, 2)
+        row.setSpacing(3)
+        self.name_label = QLabel(layer_name, self)
+        self.name_label.setToolTip(f"Region layer {layer_name!r}: where its pixels are (× its opacity), its prompt "
+                                   "applies; hidden layers are left out")
+        self.name_label.setMinimumWidth(30)
+        self.prompt_edit = QLineEdit(self)
+        self.prompt_edit.setPlaceholderText(f"prompt: {layer_name}")
+        self.prompt_edit.setToolTip("This region's prompt; empty: the layer's name")
+        self.prompt_edit.setText(settings.region_prompts.get(layer_id, ""))
+        self.prompt_edit.textChanged.connect(self._store)
+        row.addWidget(self.name_label)
+        row.addWidget(self.prompt_edit, 1)
+
+    def _store(self, text: str) -> None:
+        self.settings.region_prompts[self.layer_id] = text
 
 
 class FixPage(QWidget):
@@ -227,3 +359,86 @@ class FixPage(QWidget):
         self.image, self._shown = shown, pending
         self.detections_label.setPixmap(QtGui.QPixmap.fromImage(shown))
         self.detections_label.show()
+
+
+class UpscalePage(QWidget):
+    """Target size (a factor or pixels), the upscaler, the refine's tiles and strength, its prompt."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(3)
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(4)
+        grid.setVerticalSpacing(3)
+        self.size_combo = compact(QComboBox(self))
+        for factor in UPSCALE_FACTORS:
+            self.size_combo.addItem(f"× {factor:g}", factor)
+        self.size_combo.addItem("Size in pixels", 0.0)
+        self.size_combo.setCurrentIndex(list(UPSCALE_FACTORS).index(2.0))
+        self.size_combo.setToolTip("Target size: the document enlarged × 1.5, × 2 or × 4, or to the pixel size "
+                                   "beside")
+        self.width_spin = QSpinBox(self)
+        self.height_spin = QSpinBox(self)
+        for spin, what in ((self.width_spin, "width"), (self.height_spin, "height")):
+            spin.setRange(64, 4096)
+            spin.setValue(1024)
+            spin.setSuffix(" px")
+            spin.setToolTip(f"Target {what} in pixels (with 'Size in pixels')")
+            spin.setMinimumWidth(60)
+        self.upscaler_combo = compact(QComboBox(self), 8)
+        self.upscaler_combo.setToolTip("Upscaler: a model (ESRGAN, Real-ESRGAN, …) from the server's upscale_models "
+                                       "folders, or a plain resampler (lanczos, …)")
+        self.tile_spin = QSpinBox(self)
+        self.tile_spin.setRange(0, 2048)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSpecialValueText("Tile: model's")
+        self.tile_spin.setPrefix("Tile ")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip("Tile size of the refine, a multiple of 64 (model's: 512 SD1.5, 1024 SDXL)")
+        self.overlap_spin = QSpinBox(self)
+        self.overlap_spin.setRange(0, 512)
+        self.overlap_spin.setSingleStep(8)
+        self.overlap_spin.setValue(64)
+        self.overlap_spin.setPrefix("Overlap ")
+        self.overlap_spin.setSuffix(" px")
+        self.overlap_spin.setToolTip("Pixels neighbouring tiles share (blended, so no seams), a multiple of 8")
+        self.denoise_spin = percent_spin(self, 30, 0, "Refine strength: how much the model repaints the enlarged "
+                                         "picture (30 % as Krita AI Diffusion; 0 %: the upscaler alone)")
+        self.denoise_spin.setPrefix("Refine ")
+        for widget in (self.size_combo, self.tile_spin, self.overlap_spin, self.denoise_spin):
+            widget.setMinimumWidth(80)
+        grid.addWidget(self.size_combo, 0, 0)
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.width_spin)
+        size_row.addWidget(self.height_spin)
+        grid.addLayout(size_row, 0, 1)
+        grid.addWidget(self.upscaler_combo, 1, 0, 1, 2)
+        grid.addWidget(self.tile_spin, 2, 0)
+        grid.addWidget(self.overlap_spin, 2, 1)
+        grid.addWidget(self.denoise_spin, 3, 0)
+        grid.setColumnStretch(0, 1)
+        grid.setColumnStretch(1, 1)
+        layout.addLayout(grid)
+        self.prompt_edit = QLineEdit(self)
+        self.prompt_edit.setPlaceholderText("Refine prompt (empty: the prompt above)")
+        self.prompt_edit.setToolTip("What the refine pass is told; empty: the prompt above")
+        layout.addWidget(self.prompt_edit)
+        self.size_combo.currentIndexChanged.connect(self._size_mode)
+        self._size_mode()
+
+    def _size_mode(self, *_: Any) -> None:
+        pixels = not self.size_combo.currentData()
+        self.width_spin.setEnabled(pixels)
+        self.height_spin.setEnabled(pixels)
+
+    def fill(self, capabilities: dict[str, Any]) -> None:
+        if capabilities:
+            fill_combo(self.upscaler_combo, upscalers_of(capabilities))
+
+    def read(self) -> UpscaleSettings:
+        return UpscaleSettings(factor=float(self.size_combo.currentData() or 0.0), width=self.width_spin.value(),
+                               height=self.height_spin.value(), upscaler=self.upscaler_combo.currentText() or "lanczos",
+                               tile_size=self.tile_spin.value(), overlap=self.overlap_spin.value(),
+                               denoise=self.denoise_spin.value() / 100.0, prompt=self.prompt_edit.text())
