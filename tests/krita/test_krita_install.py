@@ -35,6 +35,8 @@ def test_install_copies_plugin_and_client_and_enables_it(tmp_path):
     desktop = (pykrita / f"{PLUGIN_NAME}.desktop").read_text()
     assert "ServiceTypes=Krita/PythonPlugin" in desktop and f"X-KDE-Library={PLUGIN_NAME}" in desktop
     assert (target / "client.py").read_bytes() == CLIENT_SOURCE.read_bytes()
+    hostlogic = CLIENT_SOURCE.with_name("hostlogic.py")  # shared with the GIMP plug-in
+    assert (target / "hostlogic.py").read_bytes() == hostlogic.read_bytes()
     for source in PLUGIN_SOURCE.glob("*.py"):
         assert (target / source.name).read_bytes() == source.read_bytes()
     assert (target / "manual.html").is_file()

@@ -26,11 +26,14 @@ def test_install_puts_an_executable_file_in_a_folder_named_as_the_file(tmp_path)
     entry = tmp_path / PLUGIN_NAME / f"{PLUGIN_NAME}.py"
     assert entry.is_file() and os.access(entry, os.X_OK)
     assert entry.read_text().startswith("#!/usr/bin/env python3")
-    for module in ("plugin.py", "logic.py", "gimpio.py", "dialogs.py", "jobs.py", "watchdog.py", "client.py"):
+    for module in ("plugin.py", "logic.py", "gimpio.py", "dialogs.py", "jobs.py", "watchdog.py", "client.py",
+                   "hostlogic.py"):
         assert (tmp_path / PLUGIN_NAME / "ctrlgen_gimp" / module).is_file(), module
     # The client copy is the project's client, byte for byte.
     client = Path(gimp.__file__).parent.parent / "client.py"
     assert (tmp_path / PLUGIN_NAME / "ctrlgen_gimp" / "client.py").read_bytes() == client.read_bytes()
+    shared = client.with_name("hostlogic.py")  # the logic shared with the Krita plugin
+    assert (tmp_path / PLUGIN_NAME / "ctrlgen_gimp" / "hostlogic.py").read_bytes() == shared.read_bytes()
     assert check_install(tmp_path) == []
     assert str(tmp_path / PLUGIN_NAME) in result.stdout
 

@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 ENTRY_SOURCE = HERE / f"{PLUGIN_NAME}.py"
 PACKAGE_SOURCE = HERE / "ctrlgen_gimp"
 CLIENT_SOURCE = HERE.parent / "client.py"
+HOSTLOGIC_SOURCE = HERE.parent / "hostlogic.py"  # shared with the Krita plugin
 GIMP_SERIES = "3.0"
 
 
@@ -71,7 +72,8 @@ def check_install(plug_ins_dir: Path) -> list[str]:
         problems.append(f"{entry} is not executable: GIMP skips it (chmod +x it, or reinstall)")
     if not entry.read_text(encoding="utf-8", errors="replace").startswith("#!"):
         problems.append(f"{entry} has no #! line: GIMP cannot tell which interpreter runs it")
-    for needed in ("ctrlgen_gimp/__init__.py", "ctrlgen_gimp/plugin.py", "ctrlgen_gimp/client.py"):
+    for needed in ("ctrlgen_gimp/__init__.py", "ctrlgen_gimp/plugin.py", "ctrlgen_gimp/client.py",
+                   "ctrlgen_gimp/hostlogic.py"):
         if not (folder / needed).is_file():
             problems.append(f"{folder / needed} is missing: the plug-in cannot start (reinstall)")
     return problems
@@ -93,6 +95,7 @@ def install(target: Path | None = None) -> Path:
     staging.mkdir()
     shutil.copytree(PACKAGE_SOURCE, staging / "ctrlgen_gimp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copyfile(CLIENT_SOURCE, staging / "ctrlgen_gimp" / "client.py")
+    shutil.copyfile(HOSTLOGIC_SOURCE, staging / "ctrlgen_gimp" / "hostlogic.py")
     entry = staging / f"{PLUGIN_NAME}.py"
     shutil.copyfile(ENTRY_SOURCE, entry)  # a fresh mtime: GIMP queries the plug-in again
     entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

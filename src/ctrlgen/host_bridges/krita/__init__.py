@@ -20,6 +20,7 @@ from ctrlgen.core.plugins.specs import HostBridgeSpec
 PLUGIN_NAME = "ctrlgen_krita"
 SOURCE = Path(__file__).resolve().parent / PLUGIN_NAME
 CLIENT_SOURCE = Path(__file__).resolve().parents[1] / "client.py"
+HOSTLOGIC_SOURCE = CLIENT_SOURCE.with_name("hostlogic.py")  # shared with the GIMP plug-in
 ENABLE_KEY = f"enable_{PLUGIN_NAME}"
 
 DESKTOP = f"""[Desktop Entry]
@@ -119,6 +120,7 @@ def install(pykrita_dir: Path | None = None, kritarc: Path | None = None, enable
         shutil.rmtree(staging)
     shutil.copytree(SOURCE, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(CLIENT_SOURCE, staging / "client.py")
+    shutil.copy2(HOSTLOGIC_SOURCE, staging / "hostlogic.py")
     (staging / "manual.html").write_text(MANUAL, encoding="utf-8")
     if target.exists():
         shutil.rmtree(target)

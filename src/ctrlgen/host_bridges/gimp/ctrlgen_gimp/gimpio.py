@@ -13,7 +13,8 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
 
-from .logic import SETTINGS_PARASITE, Connection, ImageRefused, Rect  # noqa: E402
+from .client_import import Rect  # noqa: E402
+from .logic import SETTINGS_PARASITE, Connection, ImageRefused  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 MASK = "Y u8"

@@ -8,14 +8,21 @@ as ``"Y u8"`` (one byte per pixel, 255 = selected).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .client_import import AuthError, Client, ClientError, JobFailed, ServerNotRunning
+from .client_import import (
+    MIN_SIDE,
+    AuthError,
+    Client,
+    ClientError,
+    JobFailed,
+    Rect,
+    ServerNotRunning,
+    fit_region,
+    generation_size,
+)
 
-MIN_SIDE = 64  # the server refuses smaller jobs (Job.width/height >= 64)
-NATIVE_SIDE = {"sd15": 512, "sd2": 768, "sdxl": 1024}  # the side each family was trained at
 LAYER_PREFIX = "[ctrlgen]"
 SETTINGS_PARASITE = "ctrlgen-gimp-settings"  # global, persistent: the connection
 CONTROL_DATA_PARASITE = "ctrlgen-control-data"  # on a control-map layer: the preprocessor's JSON (OpenPose keypoints)
@@ -27,38 +34,7 @@ class ImageRefused(Exception):
     """The image or the settings cannot be used as they are; the message says what to change."""
 
 
-# -- regions ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    width: int
-    height: int
-
-    @property
-    def empty(self) -> bool:
-        return self.width <= 0 or self.height <= 0
-
-    @property
-    def right(self) -> int:
-        return self.x + self.width
-
-    @property
-    def bottom(self) -> int:
-        return self.y + self.height
-
-    def expanded(self, pixels: int) -> Rect:
-        return Rect(self.x - pixels, self.y - pixels, self.width + 2 * pixels, self.height + 2 * pixels)
-
-    def intersected(self, other: Rect) -> Rect:
-        left, top = max(self.x, other.x), max(self.y, other.y)
-        right, bottom = min(self.right, other.right), min(self.bottom, other.bottom)
-        return Rect(left, top, max(0, right - left), max(0, bottom - top))
-
-    def moved(self, dx: int, dy: int) -> Rect:
-        return Rect(self.x + dx, self.y + dy, self.width, self.height)
-
-
+# -- regions (Rect, fit_region, generation_size: host_bridges/hostlogic.py, shared with Krita) --
 def check_size(area: Rect, what: str = "The layer") -> None:
     if area.width < MIN_SIDE or area.height < MIN_SIDE:
         raise ImageRefused(f"{what} is {area.width}×{area.height} pixels; ctrlgen needs at least "
@@ -73,30 +49,9 @@ def inpaint_region(selection: Rect, layer: Rect, context_px: int) -> Rect:
     if inside.empty:
         raise ImageRefused("The selection does not touch the active layer: select inside the layer, or select "
                            "None (Select › None) to generate for the whole layer.")
-    region = inside.expanded(max(0, int(context_px)))
-    grow_w, grow_h = max(0, MIN_SIDE - region.width), max(0, MIN_SIDE - region.height)
-    region = Rect(region.x - grow_w // 2, region.y - grow_h // 2, region.width + grow_w, region.height + grow_h)
-    # Shift back inside the layer before clipping, so the crop keeps its size where it can.
-    dx = max(0, layer.x - region.x) - max(0, region.right - layer.right)
-    dy = max(0, layer.y - region.y) - max(0, region.bottom - layer.bottom)
-    region = region.moved(dx, dy).intersected(layer)
+    region = fit_region(inside, layer, context_px)
     check_size(region, "The area around the selection")
     return region
-
-
-def generation_size(width: int, height: int, architecture: str) -> tuple[int, int]:
-    """The size to generate ``width``×``height`` at: the same shape, scaled so its pixel count
-    lies between the model's native area and 1.5² times it, sides a multiple of 8 (a 4096²
-    image is not denoised at 4096², nor a 100×60 one at 100×60). Unknown families: as given."""
-    native = NATIVE_SIDE.get(architecture)
-    if native is None:
-        return width, height
-    area, low, high = width * height, native * native, (native * 1.5) ** 2
-    scale = math.sqrt(high / area) if area > high else math.sqrt(low / area) if area < low else 1.0
-    if scale == 1.0:
-        return width, height
-    to_8 = math.ceil if scale > 1 else math.floor  # stay inside the range after rounding
-    return max(64, to_8(width * scale / 8) * 8), max(64, to_8(height * scale / 8) * 8)
 
 
 # -- pixels -----------------------------------------------------------------------------------
@@ -188,13 +143,6 @@ def checkpoints(capabilities: dict[str, Any]) -> list[str]:
                                                                                                 "diffusers"))):
             names.append(model["name"])
     return sorted(names)
-
-
-def model_architecture(capabilities: dict[str, Any], name: str) -> str:
-    for model in capabilities.get("models", []):
-        if model.get("name") == name:
-            return str(model.get("architecture") or "unknown")
-    return "unknown"
 
 
 def samplers(capabilities: dict[str, Any]) -> list[str]:

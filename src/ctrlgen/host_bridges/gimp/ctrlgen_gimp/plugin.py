@@ -21,14 +21,13 @@ gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, GLib, GObject  # noqa: E402
 
 from . import gimpio  # noqa: E402
-from .client_import import Client, ClientError, RawImage  # noqa: E402
+from .client_import import Client, ClientError, RawImage, Rect, model_architecture  # noqa: E402
 from .jobs import run_job  # noqa: E402
 from .logic import (  # noqa: E402
     CONTROL_DATA_PARASITE,
     Connection,
     GenerateSettings,
     ImageRefused,
-    Rect,
     check_size,
     checkpoints,
     detector_for,
@@ -39,7 +38,6 @@ from .logic import (  # noqa: E402
     inpaint_region,
     layer_name,
     masked_result,
-    model_architecture,
     parse_params,
     pixels_for_server,
     preprocessor_schema,

@@ -11,7 +11,17 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .client_import import AuthError, ClientError, JobFailed, ServerNotRunning
+from .client_import import (
+    MIN_SIDE,
+    AuthError,
+    ClientError,
+    JobFailed,
+    Rect,
+    ServerNotRunning,
+    fit_region,
+    generation_size,
+    model_architecture,
+)
 
 TASKS = ("txt2img", "img2img", "inpaint")
 NO_PREPROCESSOR = "none"  # the layer already is a control map
@@ -123,41 +133,7 @@ def check_color_space(color_model: str, color_depth: str) -> None:
         )
 
 
-# -- regions ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    width: int
-    height: int
-
-    @property
-    def empty(self) -> bool:
-        return self.width <= 0 or self.height <= 0
-
-    @property
-    def right(self) -> int:
-        return self.x + self.width
-
-    @property
-    def bottom(self) -> int:
-        return self.y + self.height
-
-    def expanded(self, pixels: int) -> Rect:
-        return Rect(self.x - pixels, self.y - pixels, self.width + 2 * pixels, self.height + 2 * pixels)
-
-    def intersected(self, other: Rect) -> Rect:
-        left, top = max(self.x, other.x), max(self.y, other.y)
-        right, bottom = min(self.right, other.right), min(self.bottom, other.bottom)
-        return Rect(left, top, max(0, right - left), max(0, bottom - top))
-
-    def tuple(self) -> tuple[int, int, int, int]:
-        return (self.x, self.y, self.width, self.height)
-
-
-MIN_SIDE = 64  # the server refuses smaller jobs (Job.width/height >= 64)
-
-
+# -- regions (Rect, fit_region, generation_size: host_bridges/hostlogic.py, shared with GIMP) --
 def inpaint_region(selection: Rect, canvas: Rect, context_px: int) -> Rect:
     """The part of the canvas an inpaint job works on: the (grown, feathered) selection's
     bounds plus ``context_px`` of surroundings, at least 64×64 where the canvas allows, clamped
@@ -165,14 +141,7 @@ def inpaint_region(selection: Rect, canvas: Rect, context_px: int) -> Rect:
     if selection.empty:
         raise DocumentError("The selection is empty: select the area to repaint, or deselect (Ctrl+Shift+A) "
                             "to generate for the whole canvas.")
-    region = selection.expanded(max(0, context_px))
-    grow_w = max(0, MIN_SIDE - region.width)
-    grow_h = max(0, MIN_SIDE - region.height)
-    region = Rect(region.x - grow_w // 2, region.y - grow_h // 2, region.width + grow_w, region.height + grow_h)
-    # Shift back inside the canvas before clipping so the crop keeps its size where possible.
-    dx = max(0, canvas.x - region.x) - max(0, region.right - canvas.right)
-    dy = max(0, canvas.y - region.y) - max(0, region.bottom - canvas.bottom)
-    region = Rect(region.x + dx, region.y + dy, region.width, region.height).intersected(canvas)
+    region = fit_region(selection, canvas, context_px)
     if region.empty:
         raise DocumentError("The selection lies outside the canvas: select inside the image.")
     return region
@@ -243,13 +212,77 @@ class Settings:
     keep_in_history: bool = False
     batch_size: int = 1
     selection_mode: str = "fill"  # one of SELECTION_MODES
+    # The group layer whose child layers are regions (its unique id; "" = none); a prompt per child
+    # layer id (missing or empty: the layer's name).
+    regions_group: str = ""
+    region_prompts: dict[str, str] = field(default_factory=dict)
     controls: list[ControlLayer] = field(default_factory=list)
     references: list[ReferenceLayer] = field(default_factory=list)
 
 
-# What a selection means (Krita AI Diffusion's names). "fill": repaint inside it (Strength below
-# 100 % refines what is there); "replace_background": repaint everything outside it.
-SELECTION_MODES = {"fill": "Fill selection", "replace_background": "Replace background"}
+# What a selection means (Krita AI Diffusion's modes), and each one's tooltip.
+SELECTION_MODES = {"fill": "Fill", "expand": "Expand", "add": "Add content", "remove": "Remove content",
+                   "replace_background": "Replace background"}
+SELECTION_MODE_TIPS = {
+    "fill": "Fill: new content in the selection, from the prompt; the surroundings' colours seed it (below 100 % "
+            "strength, what is there is refined instead)",
+    "expand": "Expand: continue the picture into an empty area or past the edge you enlarged the canvas to "
+              "(Image > Resize Canvas): the surroundings spread in, the model sees more of them, always 100 %",
+    "add": "Add content: paint what the prompt says into the selection, on fresh noise, keeping the surroundings "
+           "(below 100 % the old pixels do not show through)",
+    "remove": "Remove content: erase what is selected and fill it from the surroundings; the prompt is ignored",
+    "replace_background": "Replace background: the selection marks the subject, everything else is repainted; "
+                          "the selected pixels stay as they are",
+}
+REMOVE_STRENGTH = 0.85  # Remove at 100 %: the surroundings' colours, spread in, must still shape the result
+
+
+@dataclass(frozen=True)
+class SelectionPlan:
+    """What a selection mode means in job fields: ``inpaint.fill``, the strength, whether the
+    prompt is kept, whether the mask is inverted (``inpaint.invert``) and the context around the
+    selection (pixels)."""
+
+    fill: str
+    strength: float
+    keep_prompt: bool = True
+    invert: bool = False
+    context_px: int = 32
+
+
+def selection_plan(mode: str, strength: float, context_px: int, selection: Rect | None = None) -> SelectionPlan:
+    """Map a selection mode (:data:`SELECTION_MODES`) onto ctrlgen's inpaint fields.
+
+    * ``fill`` — ``fill`` (colours spread in from around the mask) at 100 %, ``original`` below (refine).
+    * ``expand`` — ``fill`` at 100 %, with context as large as the selection (the model continues
+      what it sees around it; an empty area counts as nothing to keep).
+    * ``add`` — ``latent_noise``: new content from the seed, even below 100 %.
+    * ``remove`` — ``fill`` without the prompt, at most :data:`REMOVE_STRENGTH` so the
+      surroundings' colours spread into the hole decide what comes.
+    * ``replace_background`` — the mask inverted (``inpaint.invert``), the whole canvas, ``latent_noise``
+      (the old background does not show through below 100 %)."""
+    strength = min(1.0, max(0.01, float(strength)))
+    context_px = max(0, int(context_px))
+    if mode == "expand":
+        reach = max(selection.width, selection.height) if selection is not None else 0
+        return SelectionPlan("fill", 1.0, context_px=max(context_px, reach))
+    if mode == "add":
+        return SelectionPlan("latent_noise", strength, context_px=context_px)
+    if mode == "remove":
+        return SelectionPlan("fill", min(strength, REMOVE_STRENGTH), keep_prompt=False, context_px=context_px)
+    if mode == "replace_background":
+        return SelectionPlan("latent_noise", strength, invert=True, context_px=context_px)
+    return SelectionPlan("fill" if strength >= 1.0 else "original", strength, context_px=context_px)
+
+
+def action_label(selected: bool, strength_percent: int, mode: str) -> str:
+    """The Generate button's text: what pressing it will do."""
+    if not selected:
+        return "Generate" if strength_percent >= 100 else "Refine"
+    if mode == "fill" or mode not in SELECTION_MODES:
+        return "Inpaint selection" if strength_percent >= 100 else "Refine selection"
+    return {"expand": "Expand", "add": "Add to selection", "remove": "Remove selection",
+            "replace_background": "Replace background"}[mode]
 
 
 def choose_task(has_selection: bool, strength: float) -> str:
@@ -272,6 +305,8 @@ class Capture:
     # BGRA of each reference and the part of the canvas it covers: the whole layer, not the region.
     references: list[tuple[ReferenceLayer, bytes, Rect]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # hidden control/reference layers, left out
+    # Regions (a group's child layers): (layer name, prompt, grey mask at the region's size).
+    regions: list[tuple[str, str, bytes]] = field(default_factory=list)
     # The layer results go above (the active layer when the job was made); None: top of the stack.
     above: Any = None
 
@@ -289,26 +324,6 @@ def check_settings(settings: Settings) -> None:
         if reference.enabled and not reference.model:
             raise DocumentError(f"Reference layer {reference.layer_name!r} has no IP-Adapter model: pick one "
                                 f"(or {REFERENCE_ONLY!r}, which needs none).")
-
-
-NATIVE_SIDE = {"sd15": 512, "sd2": 768, "sdxl": 1024}  # the side each family was trained at
-
-
-def generation_size(width: int, height: int, architecture: str) -> tuple[int, int]:
-    """The size to generate an area of ``width``×``height`` at: the area's shape, scaled so its
-    pixel count lies between the model's native area and 1.5² times it (SD1.5: 512² to 768²,
-    SDXL: 1024² to 1536²), sides a multiple of 8. A 4096² canvas is not denoised at 4096² (slow,
-    and the model repeats itself), nor a 100×60 selection at 100×60 (too few latents to draw in);
-    inpaint results are composited back at the area's size by the server, others scaled here."""
-    native = NATIVE_SIDE.get(architecture)
-    if native is None:
-        return width, height
-    area, low, high = width * height, native * native, (native * 1.5) ** 2
-    scale = math.sqrt(high / area) if area > high else math.sqrt(low / area) if area < low else 1.0
-    if scale == 1.0:
-        return width, height
-    to_8 = math.ceil if scale > 1 else math.floor  # stay inside the range after rounding to 8
-    return max(64, to_8(width * scale / 8) * 8), max(64, to_8(height * scale / 8) * 8)
 
 
 def build_job(settings: Settings, capture: Capture, architecture: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -351,10 +366,19 @@ def build_job(settings: Settings, capture: Capture, architecture: str = "") -> t
     if capture.task == "inpaint":
         if capture.mask is None:
             raise DocumentError("inpaint needs a selection")
-        images["mask"] = (capture.mask, *size, 1)
+        plan = selection_plan(settings.selection_mode, settings.strength, settings.context_px)
         # The plugin grows and feathers the selection itself (Krita does it natively) and uses
         # that soft mask as the result layer's alpha; the engine repaints where it is >= 50 %.
-        job["inpaint"] = {"grow_px": 0, "feather_px": 0, "fill": "fill" if settings.strength >= 1.0 else "original"}
+        # Replace background: capture.mask is already inverted (the layer's alpha); the server gets
+        # the selection itself and inverts it (inpaint.invert).
+        mask = capture.mask.translate(INVERT) if plan.invert else capture.mask
+        images["mask"] = (mask, *size, 1)
+        job["inpaint"] = {"grow_px": 0, "feather_px": 0, "fill": plan.fill}
+        if plan.invert:
+            job["inpaint"]["invert"] = True
+        job["strength"] = plan.strength
+        if not plan.keep_prompt:
+            job["prompt"] = ""
     units = []
     for control, pixels in capture.controls:
         if not control.enabled:
@@ -376,9 +400,126 @@ def build_job(settings: Settings, capture: Capture, architecture: str = "") -> t
             adapters.append({"type": "reference", "mode": "reference_adain+attn", "weight": float(reference.scale)})
         else:
             adapters.append({"type": "ip_adapter", "model": reference.model, "scale": float(reference.scale)})
+    for _name, prompt, mask in capture.regions:
+        # A region's mask has the picture's size: the generation size for txt2img, the image's otherwise.
+        if capture.task == "txt2img" and (width, height) != size:
+            mask = resize_grey(mask, *size, width, height)
+            mask_size = (width, height)
+        else:
+            mask_size = size
+        images[f"adapters.{len(adapters)}.mask"] = (mask, *mask_size, 1)
+        adapters.append({"type": "region", "prompt": prompt, "negative_prompt": ""})
     if adapters:
         job["adapters"] = adapters
     return job, images
+
+
+INVERT = bytes(range(255, -1, -1))  # bytes.translate table: 255 - value
+
+
+def resize_grey(data: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
+    """One byte per pixel, resized to ``new_width``×``new_height`` (nearest neighbour)."""
+    xs = [min(width - 1, (x * width) // new_width) for x in range(new_width)]
+    out = bytearray()
+    for y in range(new_height):
+        start = ((y * height) // new_height) * width
+        row = data[start:start + width]
+        out += bytes(row[x] for x in xs)
+    return bytes(out)
+
+
+def region_mask(bgra: bytes, opacity: int) -> bytes:
+    """A region layer's mask: its pixels' alpha × the layer's opacity (0–255)."""
+    alpha = bgra_alpha(bgra)
+    if opacity >= 255:
+        return alpha
+    opacity = max(0, int(opacity))
+    table = bytes((value * opacity + 127) // 255 for value in range(256))
+    return alpha.translate(table)
+
+
+def region_prompt(settings: Settings, layer_id: str, layer_name: str) -> str:
+    """A region's prompt: the one set on its row, else the layer's name."""
+    return (settings.region_prompts.get(layer_id) or "").strip() or layer_name.strip()
+
+
+# -- upscaling --------------------------------------------------------------------------------
+UPSCALE_FACTORS = (1.5, 2.0, 4.0)
+MAX_UPSCALE_SIDE = 4096  # the server's largest image side
+RESAMPLERS = ("lanczos", "bicubic", "bilinear", "nearest")  # upscalers that need no model
+
+
+@dataclass
+class UpscaleSettings:
+    """The Upscale workspace: the target size (``factor``, or ``width``×``height`` when ``factor``
+    is 0), the upscaler, the refine's tiles and strength, and its prompt ("" = the main prompt)."""
+
+    factor: float = 2.0
+    width: int = 0
+    height: int = 0
+    upscaler: str = "lanczos"
+    tile_size: int = 0  # 0: the model's native size
+    overlap: int = 64
+    denoise: float = 0.3  # Krita AI Diffusion's refine strength
+    prompt: str = ""
+
+
+def upscale_target(width: int, height: int, up: UpscaleSettings) -> tuple[int, int]:
+    """The document's size after upscaling."""
+    if up.factor > 0:
+        target = (max(1, round(width * up.factor)), max(1, round(height * up.factor)))
+    else:
+        target = (int(up.width), int(up.height))
+    if target[0] < width or target[1] < height:
+        raise DocumentError(f"Upscaling makes the picture larger: {target[0]}×{target[1]} is smaller than the "
+                            f"document's {width}×{height}.")
+    if max(target) > MAX_UPSCALE_SIDE:
+        raise DocumentError(f"{target[0]}×{target[1]} is too large: the server makes images up to "
+                            f"{MAX_UPSCALE_SIDE} pixels a side. Choose a smaller factor or size.")
+    if min(target) < MIN_SIDE:
+        raise DocumentError(f"{target[0]}×{target[1]} is too small: ctrlgen needs at least {MIN_SIDE}×{MIN_SIDE}.")
+    return target
+
+
+def upscalers_of(capabilities: dict[str, Any]) -> list[str]:
+    """The server's upscaler models (category ``upscale_models``), then the resamplers."""
+    models = sorted(m["name"] for m in capabilities.get("models", [])
+                    if m.get("category") == "upscale_models" and m.get("name"))
+    resamplers = list(RESAMPLERS)
+    for feature in capabilities.get("features", []):
+        if feature.get("name") == "upscale" and feature.get("resamplers"):
+            resamplers = list(feature["resamplers"])
+    return models + resamplers
+
+
+def build_upscale_job(settings: Settings, up: UpscaleSettings, bgra: bytes, width: int,
+                      height: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``upscale`` job for the visible canvas (``bgra``, ``width``×``height``) and its image."""
+    target = upscale_target(width, height, up)
+    denoise = min(1.0, max(0.0, float(up.denoise)))
+    if denoise > 0:
+        check_settings(settings)
+        if int(settings.steps * denoise) < 1:
+            raise DocumentError(f"Refine strength {denoise:.0%} of {settings.steps} steps leaves no step: raise the "
+                                f"steps (Settings) to at least {math.ceil(1 / denoise)} or the refine strength.")
+    options: dict[str, Any] = {"upscaler": up.upscaler or "lanczos", "width": target[0], "height": target[1],
+                               "denoise": denoise}
+    overlap = max(0, int(up.overlap)) // 8 * 8
+    if up.tile_size:
+        tile = max(128, int(up.tile_size)) // 64 * 64
+        if overlap * 2 >= tile:
+            raise DocumentError(f"The tile overlap ({overlap} px) must be under half the tile size ({tile} px).")
+        options["tile_size"] = tile
+    options["overlap"] = overlap
+    job: dict[str, Any] = {
+        "task": "upscale", "model": settings.model, "prompt": up.prompt.strip() or settings.prompt,
+        "negative_prompt": settings.negative_prompt, "seed": int(settings.seed), "steps": int(settings.steps),
+        "cfg_scale": float(settings.cfg_scale), "sampler": settings.sampler, "upscale": options,
+    }
+    if denoise == 0:
+        job.pop("model")  # the upscaler alone needs no checkpoint
+    pixels, channels = layer_pixels_for_server(bgra)
+    return job, {"image": (pixels, width, height, channels)}
 
 
 def set_path(job: dict[str, Any], dotted: str, value: Any) -> None:
@@ -424,22 +565,6 @@ def models_of(capabilities: dict[str, Any], choice: str) -> list[str]:
 
 def preprocessor_names(capabilities: dict[str, Any]) -> list[str]:
     return [NO_PREPROCESSOR] + sorted(p["name"] for p in capabilities.get("preprocessors", []) if p.get("name"))
-
-
-def model_architecture(capabilities: dict[str, Any], name: str) -> str:
-    """The model's identified architecture, else a guess from its name (IP-Adapter files do not
-    always tell: ``ip-adapter_sdxl`` vs ``ip-adapter_sd15``)."""
-    for model in capabilities.get("models", []):
-        if model.get("name") == name:
-            arch = str(model.get("architecture") or "unknown")
-            if arch != "unknown":
-                return arch
-    lowered = name.lower()
-    if "sdxl" in lowered or "_xl" in lowered:
-        return "sdxl"
-    if "sd15" in lowered or "sd1.5" in lowered:
-        return "sd15"
-    return "unknown"
 
 
 def matching_models(capabilities: dict[str, Any], choice: str, checkpoint: str) -> list[str]:
