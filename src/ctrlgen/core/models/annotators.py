@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ctrlgen.core.errors import ModelNotFoundError
+from ctrlgen.core.models.locks import LOAD_LOCK
 from ctrlgen.core.plugins.specs import WeightFile
 
 T = TypeVar("T")
@@ -82,8 +83,13 @@ class LoadedModels:
         self._lock = threading.RLock()
 
     def get(self, owner: str, loader: Callable[[], T], key: Any = None) -> T:
+        slot = (owner, key)
         with self._lock:
-            slot = (owner, key)
+            if slot in self._models:
+                return self._models[slot]
+        # A load takes the process-wide LOAD_LOCK first (the lock order of locks.py), so it never
+        # interleaves with an engine loading a checkpoint on another thread.
+        with LOAD_LOCK, self._lock:
             if slot not in self._models:
                 self._models[slot] = loader()
             return self._models[slot]
