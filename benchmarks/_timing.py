@@ -48,7 +48,17 @@ def report(title: str, rows: list[dict[str, Any]], json_path: str | None = None)
             print("  ".join(_fmt(row[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
     if json_path:
         with open(json_path, "w") as handle:
-            json.dump({"title": title, "rows": rows, "python": sys.version.split()[0]}, handle, indent=2)
+            json.dump({"title": title, "rows": rows, "python": sys.version.split()[0], "command": command_line()},
+                      handle, indent=2)
+
+
+def command_line() -> str:
+    """The command that ran this benchmark (with the thread variables it ran under)."""
+    import os
+    import shlex
+
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
+    return " ".join([*env, shlex.join([".venv/bin/python", *sys.argv])])
 
 
 def _fmt(value: Any) -> str:

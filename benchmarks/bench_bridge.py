@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _server import served  # noqa: E402
 from _timing import median_seconds, paired_medians, report  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -129,34 +130,9 @@ def _start(code: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
 @contextlib.contextmanager
 def ctrlgen_server(config: Path):
     """``ctrlgen serve`` on a free port with its own config folder; yields a discovered Client."""
-    from ctrlgen.host_bridges.client import Client
-
-    env = dict(os.environ, CTRLGEN_CONFIG_DIR=str(config), OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, *SERVE, "serve", "--port", "0",
-                                "--max-upload-memory", "4G", "--max-upload-bytes", "512M"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (config / "server.json").is_file():
-            if process.poll() is not None:
-                raise RuntimeError(f"ctrlgen serve exited: {process.stderr.read()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("ctrlgen serve did not write server.json within 120 s")
-            time.sleep(0.1)
-        client = Client.discover(config)
-        while client.health().get("state", "ready") != "ready":  # imports done: not part of a round trip
-            time.sleep(0.1)
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    arguments = ["serve", "--port", "0", "--max-upload-memory", "4G", "--max-upload-bytes", "512M"]
+    with served(config, arguments, {"OMP_NUM_THREADS": "1"}, start_timeout=120) as client:
+        yield client
 
 
 def make_inputs(size: int) -> tuple[bytearray, bytearray]:

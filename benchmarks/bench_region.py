@@ -6,8 +6,9 @@ transparent pixels far from the mask), each against the same job on a canvas jus
 enough for the region (the region cropped out: its only-masked region is then the whole of
 it, so both generate the very same pixels). Timed from the call to the finished result:
 
-- in-process: ``Engine.run`` with the canvas and mask in memory (the result is the whole
-  canvas: one copy of it is part of the job); and in-process as a host plugin would do it:
+- in-process: ``Engine.run`` with the canvas and mask in memory, the changed box read with
+  ``result.crop()`` (the result image is the whole canvas, made only when read: with
+  ``--whole-read`` a row reads it whole too, the cost an eager copy had); and in-process as a host plugin would do it:
   the region (a view of the canvas) with ``image_offset``/``canvas_size``, the changed box
   pasted back into the canvas;
 - through a real ``ctrlgen serve`` on loopback with the region protocol, as an editor plugin
@@ -25,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _server import served  # noqa: E402
 from _timing import paired_medians, report  # noqa: E402
 
 MASK_SIDE = 96
@@ -74,33 +73,10 @@ def job_fields(steps: int, size: int) -> dict:
 @contextlib.contextmanager
 def ctrlgen_server(config: Path, model_root: Path):
     """``ctrlgen --threads 1 serve`` on a free port over the tiny model root; yields a Client."""
-    from ctrlgen.host_bridges.client import Client
-
-    env = dict(os.environ, CTRLGEN_CONFIG_DIR=str(config), CTRLGEN_MODEL_ROOTS=str(model_root),
-               CTRLGEN_DEVICE="cpu")
-    process = subprocess.Popen([sys.executable, "-m", "ctrlgen.core.cli.main", "--threads", "1", "serve",
-                                "--port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not (config / "server.json").is_file():
-            if process.poll() is not None:
-                raise RuntimeError(f"ctrlgen serve exited: {process.stderr.read()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("ctrlgen serve did not write server.json within 180 s")
-            time.sleep(0.1)
-        client = Client.discover(config)
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env = {"CTRLGEN_MODEL_ROOTS": str(model_root), "CTRLGEN_DEVICE": "cpu"}
+    with served(config, ["--threads", "1", "serve", "--port", "0"], env, wait_ready=False,
+                stop_timeout=15) as client:
+        yield client
 
 
 def through_server(client, canvas, mask, fields: dict, box, whole: bool) -> tuple[int, int, int, int]:
@@ -149,6 +125,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--gen-size", type=int, default=128, help="generation size of the region (px)")
     parser.add_argument("--no-server", action="store_true", help="in-process only")
+    parser.add_argument("--whole-read", action="store_true",
+                        help="also time the whole-canvas job with its whole result image read (load())")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -181,10 +159,19 @@ def main(argv=None) -> list[dict]:
         job = parse_job(dict(fields, image="canvas", mask="mask"))
 
         def run_big(big=big, job=job):
-            return engine.run(job, images=lambda ref, what: big[ref])
+            result = engine.run(job, images=lambda ref, what: big[ref])
+            result.crop()  # what a host reads: the changed box
+            return result
+
+        def run_big_whole(big=big, job=job):  # the whole result image read too (the eager cost)
+            result = engine.run(job, images=lambda ref, what: big[ref])
+            result.images[0].load()
+            return result
 
         def run_small(small=small, job=job):
-            return engine.run(job, images=lambda ref, what: small[ref])
+            result = engine.run(job, images=lambda ref, what: small[ref])
+            result.crop()
+            return result
 
         result = run_big()
         assert result.changed_box is not None and result.images[0].size == (size, size)
@@ -196,6 +183,15 @@ def main(argv=None) -> list[dict]:
                      "numpy_peak_mib": round(peak_big, 1), "baseline_numpy_peak_mib": round(peak_small, 1),
                      "note": f"canvas {canvas.nbytes / 2**20:.1f} MiB"})
         print(rows[-1], flush=True)
+        if args.whole_read:
+            whole_s, small_s = paired_medians(run_big_whole, run_small, repeat=args.repeat)
+            rows.append({"measure": f"in-process {size}² canvas, whole result image read (load()) vs "
+                                    f"{region.width}² ({label})", "ctrlgen_s": whole_s, "baseline_s": small_s,
+                         "ratio": whole_s / small_s, "target": "(the eager paste's cost)",
+                         "numpy_peak_mib": round(numpy_peak_mib(run_big_whole), 1),
+                         "baseline_numpy_peak_mib": round(peak_small, 1),
+                         "note": f"canvas {canvas.nbytes / 2**20:.1f} MiB"})
+            print(rows[-1], flush=True)
         # The same edit in-process as a host plugin does it through the server: the region
         # (a view of the canvas) with its place, the changed box pasted back into the canvas.
         patch_job = parse_job(dict(fields, image="canvas", mask="mask", image_offset=[region.x0, region.y0],

@@ -36,18 +36,20 @@ CLIENT_SOURCE = Path(client_module.__file__)
 
 
 # -- standard library only -------------------------------------------------------------------
-def test_client_imports_only_the_standard_library():
-    tree = ast.parse(CLIENT_SOURCE.read_text())
+@pytest.mark.parametrize("source", [CLIENT_SOURCE, CLIENT_SOURCE.with_name("hostlogic.py")], ids=lambda p: p.name)
+def test_client_imports_only_the_standard_library(source):
+    """client.py and hostlogic.py are copied alone into the Krita and GIMP plug-ins."""
+    tree = ast.parse(source.read_text())
     modules = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             modules.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import in client.py (line {node.lineno}): hosts copy the file alone"
+            assert node.level == 0, f"relative import in {source.name} (line {node.lineno}): hosts copy the file alone"
             modules.add(node.module.split(".")[0])
     assert modules, "found no imports at all: the parse is broken"
     foreign = sorted(m for m in modules if m not in sys.stdlib_module_names and m != "__future__")
-    assert foreign == [], f"client.py must import only the standard library, imports {foreign}"
+    assert foreign == [], f"{source.name} must import only the standard library, imports {foreign}"
 
 
 def test_client_file_works_when_copied_alone(tmp_path):

@@ -309,6 +309,8 @@ class Client:
         self._known: set[str] = set()  # image hashes the server is known to hold
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # for upload_many
         self._bundles: bool | None = None  # whether the server takes bundles (None: not known yet)
+        # Who submits: the server starts each client's jobs in order and lets clients take turns.
+        self.client_id = os.urandom(8).hex()
 
     @classmethod
     def discover(cls, config_folder: Path | str | None = None, *, token: str | None = None,
@@ -359,7 +361,7 @@ class Client:
         return _TCPConnection(self._host, self._port, timeout=timeout)
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity", "X-Ctrlgen-Client": self.client_id}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if extra:
@@ -875,3 +877,403 @@ def _set_path(job: dict[str, Any], dotted: str, value: Any) -> None:
                 node = node.setdefault(part, [] if parts[position + 1].isdigit() else {})
         else:
             raise ValueError(f"images key {dotted!r}: the job has no object or list at {part!r}")
+
+
+# -- the live channel (docs/protocol.md#live) ---------------------------------------------------
+# A WebSocket (RFC 6455) on ``GET /v1/live``: one connection is one session on the server, which
+# holds the job's fields and named images (``live:NAME`` in the job); each message sends only what
+# changed. Frames are masked as RFC 6455 requires of clients, with a zero masking key on loopback
+# and Unix sockets (the format allows any key; masking protects proxies that a local connection
+# never crosses, and a pure-Python XOR over megabytes would cost more than the transfer). To
+# another host the key is random and the XOR is one big-integer operation.
+@dataclass(frozen=True)
+class LiveResult:
+    """What a frame ended as: ``status`` is ``done`` (``image`` holds the pixels, ``info`` the seed,
+    offset, timings), ``superseded`` (a newer frame replaced it), ``cancelled`` or ``error``
+    (``error`` is ``{"code", "message"}``)."""
+
+    frame: Any
+    status: str
+    image: RawImage | None = None
+    error: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class LiveSession:
+    """A live-painting session: ``send()`` a frame (only what changed travels), ``receive()``
+    results, latest wins. ``LiveSession(client)`` connects at once; use it as a context manager.
+
+    ``send(job={...}, images={"canvas": RawImage})``: job fields are merged into the session's
+    (``None`` removes one) and refer to images as ``"live:canvas"``. With ``diff=True`` (the
+    default) the session keeps a copy of each image it sent: one equal to it is not sent again,
+    a changed one goes as the sub-rectangle that changed. With ``diff=False`` every image given is
+    sent whole, without copies (pass only those that changed). ``bytes_sent`` counts what went out."""
+
+    def __init__(self, client: Client, *, timeout: float | None = 30.0, diff: bool = True,
+                 on_progress: Callable[[Any, int, int], Any] | None = None):
+        self.client = client
+        self.diff = diff
+        self.on_progress = on_progress
+        self.bytes_sent = 0
+        self.hello: dict[str, Any] = {}
+        self._sent: dict[str, tuple[int, int, int, bytes]] = {}
+        import collections
+
+        # No reader thread: whoever waits for a result or a reply reads the socket (one thread
+        # at a time), and what it reads for others waits in these.
+        self._results: collections.deque[LiveResult] = collections.deque()
+        self._replies: collections.deque[dict[str, Any]] = collections.deque()
+        self._read_lock = threading.Lock()
+        self._eof = False
+        self._send_lock = threading.Lock()
+        self._ids = iter(range(1, 2**62))
+        self._closed = False
+        self.close_reason: str | None = None
+        loopback = bool(client.unix_socket) or client._host in ("127.0.0.1", "localhost", "::1")
+        self._zero_key = loopback
+        self._sock = self._handshake(timeout)
+        self._timeout = timeout
+        first = self._reply(timeout)
+        if first is None or first.get("type") != "hello":
+            self.close()
+            raise ClientError(0, "live_failed", f"the live channel did not say hello: {first}")
+        self.hello = first
+
+    def __enter__(self) -> LiveSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connection ------------------------------------------------------------------------------
+    def _handshake(self, timeout: float | None) -> socket.socket:
+        import base64
+
+        client = self.client
+        conn = client._new_connection(timeout)
+        client._connect(conn)
+        sock = conn.sock
+        conn.sock = None  # the socket is ours now
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        if client.unix_socket:
+            host = "localhost"
+        else:
+            host = (f"[{client._host}]" if ":" in client._host else client._host) + f":{client._port}"
+        lines = [f"GET {client._prefix}/v1/live HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        if client.token:
+            lines.append(f"Authorization: Bearer {client.token}")
+        try:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ClientError(0, "live_failed", "the server closed the connection during the handshake")
+                head += chunk
+            head, _, rest = head.partition(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            status = int(status_line.split()[1])
+            headers = {name.strip().lower(): value.strip()
+                       for name, _, value in (line.partition(":") for line in header_lines)}
+            if status != 101:
+                length = int(headers.get("content-length", "0") or 0)
+                while len(rest) < length:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    rest += chunk
+                raise _error_from(status, rest, client._token_hint())
+            expected = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+                                                     .encode()).digest()).decode()
+            if headers.get("sec-websocket-accept") != expected:
+                raise ClientError(0, "live_failed", "the server's WebSocket handshake answer is wrong")
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        self._pending = bytearray(rest)
+        return sock
+
+    def close(self) -> None:
+        """Say goodbye and close (results not received yet are dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        with _suppress(OSError):
+            self._write(0x8, [_pack("!H", 1000)])
+        with _suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _write(self, opcode: int, parts: list[Any]) -> None:
+        views = [memoryview(part).cast("B") for part in parts]
+        length = sum(view.nbytes for view in views)
+        if length < 126:
+            head = bytes((0x80 | opcode, 0x80 | length))
+        elif length < 65536:
+            head = bytes((0x80 | opcode, 0x80 | 126)) + _pack("!H", length)
+        else:
+            head = bytes((0x80 | opcode, 0x80 | 127)) + _pack("!Q", length)
+        with self._send_lock:
+            if self._zero_key:  # small parts go in one write with the header, big ones as they are
+                first = [head, b"\0\0\0\0"]
+                while views and views[0].nbytes < 65536:
+                    first.append(views.pop(0))
+                self._sock.sendall(b"".join(first))
+                for view in views:
+                    self._sock.sendall(view)
+            else:
+                key = os.urandom(4)
+                data = b"".join(views)
+                repeated = (key * (length // 4 + 1))[:length]
+                masked = (int.from_bytes(data, "little") ^ int.from_bytes(repeated, "little")).to_bytes(length, "little")
+                self._sock.sendall(head + key + masked)
+            self.bytes_sent += len(head) + 4 + length
+
+    def _message(self, header: dict[str, Any], blobs: list[Any]) -> None:
+        if self._closed:
+            raise ClientError(0, "live_closed", "the live session is closed; open another")
+        text = json.dumps(header, separators=(",", ":")).encode()
+        try:
+            if not blobs:
+                self._write(0x1, [text])
+            else:
+                self._write(0x2, [_pack("!I", len(text)), text, *blobs])
+        except OSError as exc:
+            raise ClientError(0, "live_closed", f"the live channel closed ({exc}); "
+                              f"{self.close_reason or 'open another session'}") from None
+
+    def _images(self, images: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], list[Any]]:
+        described: list[dict[str, Any]] = []
+        blobs: list[Any] = []
+        for name, image in (images or {}).items():
+            if not isinstance(image, RawImage):
+                raise TypeError(f"live image {name!r} must be a RawImage, not {type(image).__name__}")
+            entry: dict[str, Any] = {"name": name, "width": image.width, "height": image.height,
+                                     "channels": image.channels}
+            if not self.diff:  # the caller names only images that changed: sent as they are, no copy
+                described.append(entry)
+                blobs.append(image.data)
+                continue
+            data = bytes(memoryview(image.data).cast("B"))
+            size = (image.width, image.height, image.channels)
+            last = self._sent.get(name)
+            if last is not None and last[:3] == size:
+                if last[3] == data:
+                    continue  # unchanged: the server reuses what it holds
+                if self.diff:
+                    x0, y0, x1, y1 = _changed_box(last[3], data, *size)
+                    if (x1 - x0) * (y1 - y0) * 2 < image.width * image.height:
+                        stride, channels = image.width * image.channels, image.channels
+                        patch = b"".join(data[y * stride + x0 * channels:y * stride + x1 * channels]
+                                         for y in range(y0, y1))
+                        entry.update(width=x1 - x0, height=y1 - y0, x=x0, y=y0, patch=True)
+                        self._sent[name] = (*size, data)
+                        described.append(entry)
+                        blobs.append(patch)
+                        continue
+            self._sent[name] = (*size, data)
+            described.append(entry)
+            blobs.append(data)
+        return described, blobs
+
+    def set(self, job: Mapping[str, Any] | None = None, images: Mapping[str, Any] | None = None) -> None:
+        """Change the session's inputs without running them."""
+        described, blobs = self._images(images)
+        self._message({"type": "set", "job": dict(job or {}), "images": described}, blobs)
+
+    def send(self, job: Mapping[str, Any] | None = None, images: Mapping[str, Any] | None = None,
+             frame_id: Any = None) -> Any:
+        """Change what is given and run a frame; returns its id at once (its result comes later)."""
+        frame_id = next(self._ids) if frame_id is None else frame_id
+        described, blobs = self._images(images)
+        self._message({"type": "frame", "id": frame_id, "job": dict(job or {}), "images": described}, blobs)
+        return frame_id
+
+    def cancel(self) -> None:
+        """Cancel the waiting and the running frame (answered ``cancelled``)."""
+        self._message({"type": "cancel"}, [])
+
+    def stats(self, timeout: float | None = 30.0) -> dict[str, Any]:
+        """The server's counts for this session: bytes_received, image_bytes, frames, done, superseded..."""
+        self._message({"type": "stats"}, [])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            reply = self._reply(None if deadline is None else deadline - time.monotonic())
+            if reply is None:
+                raise TimeoutError(f"the server's stats did not come within {timeout} s")
+            if reply.get("type") == "stats":
+                return reply
+
+    # -- receiving -------------------------------------------------------------------------------
+    def receive(self, timeout: float | None = None) -> LiveResult | None:
+        """The next frame's result, or None after ``timeout`` seconds. Raises ClientError once
+        the channel has closed and every result was received."""
+        return self._take(self._results, timeout)
+
+    def _reply(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message that is not a result (hello, set, stats, an error of no frame)."""
+        return self._take(self._replies, timeout)
+
+    def _take(self, box: Any, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            with self._read_lock:
+                if box:
+                    return box.popleft()
+                if self._eof:
+                    raise ClientError(0, "live_closed", f"the live channel closed: {self.close_reason}")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                # In slices, so that another thread waiting for something else gets its turn.
+                self._read_message(0.05 if left is None else min(left, 0.05))
+
+    def wait(self, frame_id: Any, timeout: float | None = 120.0) -> list[LiveResult]:
+        """Every result up to and including ``frame_id``'s (its is the last one)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        received: list[LiveResult] = []
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            result = self.receive(left)
+            if result is None:
+                raise TimeoutError(f"frame {frame_id!r}'s result did not come within {timeout} s")
+            received.append(result)
+            if result.frame == frame_id:
+                return received
+
+    def _recv_exact(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        have = min(len(self._pending), size)
+        if have:
+            view[:have] = self._pending[:have]
+            del self._pending[:have]
+        while have < size:
+            got = self._sock.recv_into(view[have:])
+            if not got:
+                raise ConnectionError("the server closed the live channel")
+            have += got
+        return buffer
+
+    def _read_message(self, wait_s: float) -> None:
+        """Read one message if one starts within ``wait_s`` seconds (under the read lock), and
+        file it; at the end of the channel, mark it closed."""
+        if self._eof:
+            return
+        try:
+            if not self._pending:
+                ready, _, _ = select.select([self._sock], [], [], wait_s)
+                if not ready:
+                    return
+            self._sock.settimeout(self._timeout)  # a message that began arrives whole
+            parts: list[bytearray] = []
+            opcode = 0
+            while True:
+                head = self._recv_exact(2)
+                fin, frame_opcode, length = head[0] & 0x80, head[0] & 0x0F, head[1] & 0x7F
+                if length == 126:
+                    length = int.from_bytes(self._recv_exact(2), "big")
+                elif length == 127:
+                    length = int.from_bytes(self._recv_exact(8), "big")
+                payload = self._recv_exact(length)
+                if frame_opcode == 0x8:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    self.close_reason = f"{code} {payload[2:].decode('utf-8', 'replace')}".strip()
+                    self._eof = True
+                    return
+                if frame_opcode == 0x9:
+                    self._write(0xA, [payload])
+                    continue
+                if frame_opcode == 0xA:
+                    continue
+                if frame_opcode:
+                    opcode = frame_opcode
+                parts.append(payload)
+                if fin:
+                    break
+            self._dispatch(opcode, parts[0] if len(parts) == 1 else bytearray().join(parts))
+        except (OSError, ValueError) as exc:
+            self._eof = True
+            if self.close_reason is None:
+                self.close_reason = "closed" if self._closed else f"{type(exc).__name__}: {exc}"
+
+    def _dispatch(self, opcode: int, message: bytearray) -> None:
+        pixels = None
+        if opcode == 0x2:
+            length = int.from_bytes(message[:4], "big")
+            header = json.loads(bytes(message[4:4 + length]))
+            pixels = memoryview(message)[4 + length:]
+        else:
+            header = json.loads(bytes(message))
+        kind = header.get("type")
+        if kind == "result":
+            image = None
+            if pixels is not None:
+                image = RawImage(pixels, header["width"], header["height"], header["channels"])
+            info = {key: value for key, value in header.items() if key not in ("type", "frame", "status", "error")}
+            self._results.append(LiveResult(header.get("frame"), header["status"], image, header.get("error"),
+                                            info))
+        elif kind == "error" and header.get("frame") is not None:
+            self._sent.clear()  # the message may not have been taken whole: the next one sends all images
+            self._results.append(LiveResult(header["frame"], "error", None, header.get("error")))
+        elif kind == "progress":
+            if self.on_progress is not None:
+                self.on_progress(header.get("frame"), header.get("step", 0), header.get("total", 0))
+        else:  # hello, set, stats, errors of no frame
+            if kind == "error":
+                self._sent.clear()
+            self._replies.append(header)
+
+
+def _changed_box(old: bytes, new: bytes, width: int, height: int, channels: int) -> tuple[int, int, int, int]:
+    """The bounds ``(x0, y0, x1, y1)`` of the pixels that differ (the images differ): a few
+    ``memcmp``-speed comparisons of halving ranges, never a loop over pixels."""
+    stride = width * channels
+
+    def first(a: int, b: int, unit: int, base: int) -> int:  # first differing unit in [a, b)
+        while b - a > 1:
+            mid = (a + b) // 2
+            if old[base + a * unit:base + mid * unit] != new[base + a * unit:base + mid * unit]:
+                b = mid
+            else:
+                a = mid
+        return a
+
+    def last(a: int, b: int, unit: int, base: int) -> int:  # last differing unit in [a, b)
+        while b - a > 1:
+            mid = (a + b) // 2
+            if old[base + mid * unit:base + b * unit] != new[base + mid * unit:base + b * unit]:
+                a = mid
+            else:
+                b = mid
+        return a
+
+    y0 = first(0, height, stride, 0)
+    y1 = last(y0, height, stride, 0) + 1
+    x0, x1 = width, 0
+    for y in range(y0, y1):
+        row = y * stride
+        if x0 > 0 and old[row:row + x0 * channels] != new[row:row + x0 * channels]:
+            x0 = first(0, x0, channels, row)
+        if x1 < width and old[row + x1 * channels:row + stride] != new[row + x1 * channels:row + stride]:
+            x1 = last(max(x1, x0), width, channels, row) + 1
+    return x0, y0, max(x1, x0 + 1), y1
+
+
+def _suppress(*exceptions: type[BaseException]) -> Any:  # (imported where used: this section is self-contained)
+    import contextlib
+
+    return contextlib.suppress(*exceptions)
+
+
+def _pack(fmt: str, *values: Any) -> bytes:
+    import struct
+
+    return struct.pack(fmt, *values)

@@ -24,6 +24,7 @@ from ctrlgen.core.engine.jobs import Job
 from ctrlgen.core.engine.regions import check_placement, job_offset, read_pixels
 from ctrlgen.core.errors import CancelledError, CtrlgenError, ImageError, JobError
 from ctrlgen.core.images import fit, pixel_perfect_resolution, to_mask, to_rgb
+from ctrlgen.core.models.locks import LOAD_LOCK
 from ctrlgen.core.plugins.events import JobEvent
 from ctrlgen.core.plugins.manager import emit_event, get_registry
 from ctrlgen.core.plugins.specs import check_text, validate_params
@@ -31,12 +32,7 @@ from ctrlgen.core.plugins.specs import check_text, validate_params
 # Reads one image reference of a job (``(reference, what) -> uint8 array``: H×W grey, H×W×3
 # RGB or H×W×4 RGBA). The default reads files; the server resolves its uploads.
 ImageSource = Callable[[str, str], np.ndarray]
-# Loading is serialised across the engines of one process (``ctrlgen batch --devices cpu,cpu``
-# runs one per thread): diffusers/accelerate build empty models by patching torch globally
-# (``init_empty_weights``, ``torch.device("meta")``), and two loads interleaving on two threads
-# can leave that patch in place, so later tensors land on the meta device.
-LOAD_LOCK = threading.RLock()
-
+# Model loads are serialised across the engines of one process: LOAD_LOCK, see ctrlgen.core.models.locks.
 
 
 @dataclass
@@ -67,6 +63,9 @@ class GenerationContext:
     # Regional prompts (ctrlgen.core.engine.composition.PromptRegion), set by the region adapter
     # and encoded with the prompt in step 6.
     regions: list[Any] = field(default_factory=list)
+    # Several images per seed (LayerDiffuse's SD1.5 layer modes), side by side in the batch:
+    # (label, keeps alpha) of each, in batch order; empty: one image per seed.
+    frames: list[tuple[str, bool]] = field(default_factory=list)
 
     @property
     def device(self) -> str:
@@ -134,6 +133,9 @@ class JobResult:
     changed_box: tuple[int, int, int, int] | None = None
     # Where the result sits on the host's canvas: job.image_offset, or (0, 0).
     offset: tuple[int, int] = (0, 0)
+    # What each image is, where a seed gives several (LayerDiffuse: "foreground", "background",
+    # "blended"); empty: one image per seed.
+    labels: list[str] = field(default_factory=list)
 
     def crop(self, index: int = 0, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """Image ``index``'s pixels (uint8, RGB or RGBA) inside ``box`` (default: ``changed_box``,
@@ -872,7 +874,8 @@ class Engine:
             #    encoder, textual inversions add tokens, and adapters may rewrite the prompt.
             from ctrlgen.core.engine.memory import applied
 
-            memory_plan = self.memory_plan(context.pipeline, architecture, width, height, job.batch_size,
+            images_run = job.batch_size * max(1, len(context.frames))  # LayerDiffuse's layers share the batch
+            memory_plan = self.memory_plan(context.pipeline, architecture, width, height, images_run,
                                            resident=str(Path(entry.path).resolve()) not in self._offloaded
                                            and self.device.device != "cpu")
             stack.enter_context(applied(context.pipeline, memory_plan, self.device.device))
@@ -908,13 +911,22 @@ class Engine:
             finish = task_inputs.finish
         results = [finish(_to_pil(array, width, height)) for array in output.images]
         model_name = Path(entry.path).stem
+        texts, labels = [infotext(job, s, model_name) for s in seeds], []
+        if context.frames:  # several images per seed: which is which (opaque frames as RGB)
+            frames = context.frames * len(seeds)
+            results = [image.convert("RGB") if image.mode == "RGBA" and not alpha else image
+                       for image, (_, alpha) in zip(results, frames, strict=True)]
+            labels = [label for label, _ in frames]
+            texts = [f"{text}, Layer: {label}" for text in texts for label, _ in context.frames]
+            seeds = [s for s in seeds for _ in context.frames]
         return JobResult(
             job=job,
             job_id=job_id,
             images=results,
             seeds=seeds,
+            labels=labels,
             control_maps=[unit.control_image for unit in units] + list(context.control_maps),
-            infotexts=[infotext(job, s, model_name) for s in seeds],
+            infotexts=texts,
             memory=memory_plan,
             changed_box=changed,
             offset=offset,

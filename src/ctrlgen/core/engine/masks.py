@@ -222,12 +222,13 @@ def composite(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray,
 
 def composite_rgba(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray,
                    region: Region | None = None) -> np.ndarray:
-    """:func:`composite` for an RGBA ``original`` (straight alpha) and opaque ``generated`` RGB.
+    """:func:`composite` for an RGBA ``original`` (straight alpha) and a ``generated`` patch that is
+    opaque RGB or RGBA (straight alpha: a transparent layer, LayerDiffuse).
 
-    The generated pixels are opaque: through ``alpha`` (the feathered mask) the result's
-    alpha goes from the original's to 255, and colours blend weighted by the alphas (so a
-    transparent pixel's hidden colour does not bleed in). Pixels with mask alpha 0 are the
-    original's, colour and alpha, unchanged."""
+    Through ``alpha`` (the feathered mask) the result's alpha goes from the original's to the
+    generated one (255 for RGB), and colours blend weighted by the alphas (so a transparent
+    pixel's hidden colour does not bleed in). Pixels with mask alpha 0 are the original's,
+    colour and alpha, unchanged."""
     result = original.copy()
     box = region or Region(0, 0, original.shape[1], original.shape[0])
     if generated.shape[:2] != (box.height, box.width):
@@ -236,9 +237,12 @@ def composite_rgba(original: np.ndarray, generated: np.ndarray, alpha: np.ndarra
     weight = box.crop(alpha)[..., None].astype(np.float32)
     touched = weight[..., 0] > 0
     base = box.crop(original).astype(np.float32)
+    new = generated.astype(np.float32)
     kept = base[..., 3:4] / 255.0 * (1.0 - weight)  # how much of the original shows
-    opacity = kept + weight
-    colour = (base[..., :3] * kept + generated.astype(np.float32) * weight) / np.maximum(opacity, 1e-6)
+    added = weight * (new[..., 3:4] / 255.0 if new.shape[2] == 4 else 1.0)  # how much of the generated
+    opacity = kept + added
+    colour = np.where(opacity > 0, (base[..., :3] * kept + new[..., :3] * added) / np.maximum(opacity, 1e-6),
+                      new[..., :3])  # fully transparent: keep the generated colour rather than black
     blended = np.concatenate([colour, opacity * 255.0], axis=-1)
     patch = box.crop(result)
     patch[touched] = np.clip(blended[touched] + 0.5, 0, 255).astype(np.uint8)

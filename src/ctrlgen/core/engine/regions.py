@@ -236,6 +236,9 @@ def _composited(frame: InpaintFrame, patch: np.ndarray) -> tuple[Region, np.ndar
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         return box, composite_rgba(np.ascontiguousarray(box.crop(pixels)), generated, frame.alpha)
     rgb = np.ascontiguousarray(box.relative_to(frame.window).crop(frame.canvas))
+    if generated.shape[2] == 4:  # a transparent patch (LayerDiffuse) on an opaque input: RGBA out
+        opaque = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+        return box, composite_rgba(opaque, generated, frame.alpha)
     return box, composite(rgb, generated, frame.alpha)
 
 
@@ -245,6 +248,8 @@ def composite_region(frame: InpaintFrame, patch: np.ndarray) -> np.ndarray:
     region, pixels = frame.region, frame.picture
     rgba = pixels.ndim == 3 and pixels.shape[2] == 4
     result = np.array(region.crop(pixels) if rgba else frame.region_canvas(), order="C")
+    if patch.shape[2] == 4 and not rgba:  # a transparent patch on an opaque input: RGBA out
+        result = np.dstack([result, np.full(result.shape[:2], 255, np.uint8)])
     box, done = _composited(frame, patch)
     box.relative_to(region).crop(result)[...] = done
     return result
@@ -253,15 +258,29 @@ def composite_region(frame: InpaintFrame, patch: np.ndarray) -> np.ndarray:
 def paste(frame: InpaintFrame, patch: np.ndarray) -> Any:
     """The result of a region frame: ``patch`` (RGB, the region's size) composited onto the
     input through the feathered mask, as a PIL image of the input's size and mode (RGBA in,
-    RGBA out). Only the feathered mask's box is computed; the rest is one copy of the input."""
+    RGBA out). Only the feathered mask's box is computed; the rest of the image is made from
+    the input when it is first read (a :class:`~ctrlgen.core.engine.pasted.PastedImage`), so
+    a job that is read through its ``changed_box`` never copies the canvas."""
+    from ctrlgen.core.engine.pasted import PastedImage
+
+    box, done = _composited(frame, patch)
+    return PastedImage(frame.picture, box.box, done, _paste_whole)
+
+
+def _paste_whole(pixels: np.ndarray, box_xy: tuple[int, int, int, int], done: np.ndarray) -> Any:
+    """The whole result: ``done`` (the composited pixels of ``box_xy``) pasted onto the input."""
     from PIL import Image
 
-    pixels = frame.picture
-    box, done = _composited(frame, patch)
+    box = Region(*box_xy)
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         result = np.array(pixels, order="C")  # a copy PIL takes over without another one
         box.crop(result)[...] = done
         return Image.fromarray(result, "RGBA")
+    if done.shape[2] == 4:  # a transparent patch (LayerDiffuse) on an opaque input: RGBA out
+        image = Image.fromarray(pixels if pixels.ndim == 3 and pixels.shape[2] == 3 else to_rgb(pixels, "job.image"))
+        image = image.convert("RGBA")
+        image.paste(Image.fromarray(done, "RGBA"), (box.x0, box.y0))
+        return image
     base = pixels if pixels.ndim == 3 and pixels.shape[2] == 3 else to_rgb(pixels, "job.image")
     image = Image.fromarray(base)
     image.paste(Image.fromarray(done), (box.x0, box.y0))

@@ -166,7 +166,7 @@ def prepare(job: Any, width: int, height: int, load: Callable[[str, str], np.nda
 
         def finish_img2img(generated):
             result = to_size(generated)
-            if alpha is None:
+            if alpha is None or result.mode == "RGBA":  # a generated alpha (LayerDiffuse) is the result's
                 return result
             fitted = to_size(Image.fromarray(fit(alpha, width, height, job.resize_mode)))
             result = result.convert("RGBA")
@@ -191,23 +191,31 @@ def _inpaint_inputs(job: Any, width: int, height: int, steps: int, frame: Inpain
     init = resize(np.ascontiguousarray(crop), width, height)
     model_mask = resize(np.ascontiguousarray(crop_mask), width, height)
 
+    def generated_patch(generated):
+        # A generated alpha (LayerDiffuse's transparent decoder) is kept: the patch is then RGBA.
+        mode = "RGBA" if generated.mode == "RGBA" else "RGB"
+        return resize(np.asarray(generated.convert(mode)), region.width, region.height)
+
     def finish(generated):
-        patch = resize(np.asarray(generated.convert("RGB")), region.width, region.height)
+        patch = generated_patch(generated)
         if frame.regional:  # composite the region, copy the rest
             return paste(frame, patch)
-        if alpha is None:
+        if alpha is None and patch.shape[2] == 3:
             return Image.fromarray(composite(frame.canvas, patch, frame.alpha, region))
         # The input's own colours and alpha (not the white composite the model saw) under the
         # feathered mask; the outpainted area is opaque, in the colours the canvas started with.
-        e, (height_in, width_in) = frame.expansion, alpha.shape
+        e = frame.expansion
         straight = frame.canvas.copy()
-        straight[e.top : e.top + height_in, e.left : e.left + width_in] = pixels[..., :3]
-        original = np.dstack([straight, e.place(alpha, 255)])
+        if alpha is None:
+            original = np.dstack([straight, np.full(straight.shape[:2], 255, np.uint8)])
+        else:
+            height_in, width_in = alpha.shape
+            straight[e.top : e.top + height_in, e.left : e.left + width_in] = pixels[..., :3]
+            original = np.dstack([straight, e.place(alpha, 255)])
         return Image.fromarray(composite_rgba(original, patch, frame.alpha, region), "RGBA")
 
     def finish_region(generated):
-        patch = resize(np.asarray(generated.convert("RGB")), region.width, region.height)
-        return Image.fromarray(composite_region(frame, patch))
+        return Image.fromarray(composite_region(frame, generated_patch(generated)))
 
     kwargs = {"image": Image.fromarray(init), "mask_image": Image.fromarray(model_mask), "strength": job.strength}
     attach = None

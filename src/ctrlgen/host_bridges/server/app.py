@@ -31,7 +31,14 @@ from ctrlgen.core.errors import CtrlgenError, JobError, ModelNotFoundError
 from ctrlgen.host_bridges.server.files import FileStore, OutputWriter, private_folder
 from ctrlgen.host_bridges.server.image_routes import BUNDLE_ERRORS, add_image_routes, bundle_body
 from ctrlgen.host_bridges.server.images import RAW_TYPE, ApiError, image_response, validation_message
-from ctrlgen.host_bridges.server.jobs import TERMINAL, JobQueue, JobRecord, ServerStopping, new_job_id
+from ctrlgen.host_bridges.server.jobs import (
+    TERMINAL,
+    JobQueue,
+    JobRecord,
+    ServerStopping,
+    client_id,
+    new_job_id,
+)
 from ctrlgen.host_bridges.server.journal import Journal
 from ctrlgen.host_bridges.server.models import (
     CancelAnswer,
@@ -53,6 +60,7 @@ from ctrlgen.host_bridges.server.openapi import (
 from ctrlgen.host_bridges.server.runtime import Runtime, Warmup
 from ctrlgen.host_bridges.server.security import Guard
 from ctrlgen.host_bridges.server.uploads import REF_PREFIX, UploadStore, is_ref
+from ctrlgen.host_bridges.server.workers import RaySettings
 
 log = logging.getLogger("ctrlgen.server")
 
@@ -68,6 +76,11 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     device: str | None = None
+    workers: int | None = None  # local workers on ``device`` (--workers; default 1, 0 with --ray)
+    devices: tuple[str, ...] | None = None  # one local worker per entry (--devices)
+    ray: str | None = None  # Ray workers on the cluster at this address (--ray)
+    ray_workers: int | None = None
+    ray_cpus: float | None = None
     result_ttl_s: float = 3600.0
     max_queue: int = 100
     max_results: int = 100
@@ -135,7 +148,9 @@ def create_app(config: ServerConfig, token: str):
                if config.save_outputs else None)
     queue = JobQueue(uploads, device=config.device, max_queue=config.max_queue, max_kept=config.max_results,
                      result_ttl_s=config.result_ttl_s, journal=journal, results=FileStore(state / "results"),
-                     outputs=outputs)
+                     outputs=outputs, workers=config.workers,
+                     devices=list(config.devices) if config.devices else None,
+                     ray=RaySettings(config.ray, config.ray_workers, config.ray_cpus) if config.ray else None)
     restored = queue.restore()
     if restored["queued"] or restored["rerun"] or restored["interrupted"]:
         log.warning("restored from the journal in %s: %d queued job(s), %d running job(s) to run again, "
@@ -170,6 +185,10 @@ def create_app(config: ServerConfig, token: str):
     app.state.lock = lock  # held as long as the app lives
     app.state.runtime = runtime
     app.state.config = config
+    from ctrlgen.host_bridges.server.live import LiveHub  # the live channel (GET /v1/live, a WebSocket)
+
+    app.state.live = LiveHub(queue, uploads, max_message_bytes=config.max_upload_bytes + 2**20,
+                             max_side=config.max_side, max_pixels=config.max_pixels)
 
     @app.exception_handler(ServerStopping)
     async def stopping(request, exc: ServerStopping):
@@ -237,6 +256,7 @@ def create_app(config: ServerConfig, token: str):
         """Server status and queue length."""
         return {"status": "ok", "version": __version__, **runtime.warmup.describe(),
                 "queue": {"running": queue.running_id, "queued": queue.queued_count()},
+                "workers": queue.describe_workers(),
                 "uploads": {"in_memory_bytes": uploads.used_bytes, "memory_limit_bytes": uploads.max_bytes}}
 
     @app.get("/v1/capabilities", operation_id="capabilities", tags=["server"], response_model=Capabilities)
@@ -271,6 +291,7 @@ def create_app(config: ServerConfig, token: str):
             "image_formats": ["raw", "png", "webp"],
             "conflicts": [c.to_json() for c in get_host().conflicts()],
             "features": _job_features(),
+            "workers": queue.describe_workers(),
         }
 
     @app.get("/v1/openapi.json", include_in_schema=False)
@@ -367,6 +388,11 @@ def create_app(config: ServerConfig, token: str):
                           "no model folder); the job was not queued"), 503: "`server_stopping`: the server is "
                           "shutting down; the job was not queued"})}
 
+    def client_header():
+        return Header(None, alias="X-Ctrlgen-Client", max_length=200, description="who submits (any id the client "
+                      "keeps for its life, e.g. a random one per Client): jobs start in submission order per "
+                      "client, and clients take turns (docs/protocol.md#workers)")
+
     def idempotency_header():
         return Header(None, alias="Idempotency-Key", max_length=200, description="a key of the client's choosing: "
                       "a repeat of a submission with the same key answers the job it created (200) instead of "
@@ -374,21 +400,23 @@ def create_app(config: ServerConfig, token: str):
 
     @app.post("/v1/jobs", operation_id="submit_job", tags=["jobs"], status_code=202, response_model=SubmitAnswer,
               responses=submit_answers)
-    async def submit(request: SubmitRequest, idempotency_key: str | None = idempotency_header()) -> Any:
+    async def submit(request: SubmitRequest, idempotency_key: str | None = idempotency_header(),
+                     client: str | None = client_header()) -> Any:
         """Validate a job and queue it; its events follow at /v1/jobs/{id}/events."""
-        return await submit_job(request, idempotency_key)
+        return await submit_job(request, idempotency_key, client)
 
     @app.post("/v1/jobs/bundle", operation_id="submit_job_bundle", tags=["jobs"], status_code=202,
               response_model=SubmitAnswer, openapi_extra=bundle_body,
               responses={**submit_answers, **errors(400, 411, 413, 422, notes={
                   **BUNDLE_ERRORS, 422: BUNDLE_ERRORS[422] + "; and what POST /v1/jobs answers 422"})})
-    async def submit_bundle(request: Request, idempotency_key: str | None = idempotency_header()) -> Any:
+    async def submit_bundle(request: Request, idempotency_key: str | None = idempotency_header(),
+                            client: str | None = client_header()) -> Any:
         """``POST /v1/jobs`` with the images the job needs in the same request (a bundle: the
         request's JSON and the images' bytes; docs/protocol.md#bundles)."""
         body, _ = await read_bundle(request, SubmitRequest)
-        return await submit_job(body, idempotency_key)
+        return await submit_job(body, idempotency_key, client)
 
-    async def submit_job(request: SubmitRequest, idempotency_key: str | None) -> Any:
+    async def submit_job(request: SubmitRequest, idempotency_key: str | None, client: str | None = None) -> Any:
         from ctrlgen.core.engine.jobs import parse_job
 
         if idempotency_key:
@@ -422,7 +450,8 @@ def create_app(config: ServerConfig, token: str):
             raise ApiError(422, "invalid_request", str(exc)) from None
         for digest in digests:  # an accepted job's inputs are on disk before it is acknowledged
             await asyncio.wrap_future(uploads.persist(digest))
-        record = JobRecord(new_job_id(), job, request.preview, digests, idempotency_key=idempotency_key or None)
+        record = JobRecord(new_job_id(), job, request.preview, digests, idempotency_key=idempotency_key or None,
+                           client=client_id(client))
         try:
             position = queue.submit(record)
         except sqlite3.IntegrityError:  # the same key, submitted at the same moment by another request
@@ -535,8 +564,10 @@ def create_app(config: ServerConfig, token: str):
             return image_response(pixels, None, "raw", headers)
         return await run_in_threadpool(image_response, pixels, None, format, headers)
 
-    return Guard(app, token=token, allowed_origins=config.allowed_origins,
-                 allowed_hosts=None if (config.allow_remote and not config.allowed_hosts) else config.allowed_hosts)
+    guard = Guard(app, token=token, allowed_origins=config.allowed_origins,
+                  allowed_hosts=None if (config.allow_remote and not config.allowed_hosts) else config.allowed_hosts)
+    app.state.live.check = guard.check  # the live channel's upgrade passes the same checks
+    return guard
 
 
 def _lock_state(state: Path):
