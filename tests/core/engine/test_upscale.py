@@ -145,6 +145,31 @@ def test_hires_fix_can_run_its_second_pass_in_tiles(engine):
     assert seen[:2] == [(8, 8), (8, 8)] and set(seen[2:]) == {(16, 16)}  # whole first pass, tiled second
 
 
+def test_the_memory_plan_is_sized_for_a_tile_not_the_canvas(engine, root, picture, monkeypatch):
+    """A tiled refine only ever puts one tile through the UNet and the VAE: the offload and VAE
+    decisions (``Engine.memory_plan``) are made for the tile's size, so a 6–8 GB card is not
+    pushed into offloading by the canvas; an untiled hires pass is planned at its whole size."""
+    asked = []
+    plan = Engine.memory_plan
+
+    def recording(self, pipeline, architecture, width=None, height=None, *args, **kwargs):
+        if width is not None:  # (a load asks without a size)
+            asked.append((width, height))
+        return plan(self, pipeline, architecture, width, height, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "memory_plan", recording)
+    engine.run(job(root, picture))  # 64×48 → 256×192 in 128-pixel tiles
+    assert asked == [(128, 128)]
+    asked.clear()
+    engine.run(parse_job({"model": "tiny-sd15", "width": 64, "height": 64, "steps": 2, "seed": 1,
+                          "hires": {"scale": 4, "steps": 2, "denoise": 0.5}}))
+    assert asked == [(64, 64), (256, 256)]  # the first pass, then the whole second pass
+    asked.clear()
+    engine.run(parse_job({"model": "tiny-sd15", "width": 64, "height": 64, "steps": 2, "seed": 1,
+                          "hires": {"scale": 4, "steps": 2, "denoise": 0.5, "tile_size": 128, "overlap": 32}}))
+    assert asked == [(64, 64), (128, 128)]
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"task": "upscale", "model": "m"}, "task 'upscale' needs job.image"),
     ({"task": "upscale", "model": "m", "image": "a.png", "mask": "m.png"}, "drop job.mask"),

@@ -770,11 +770,13 @@ class Engine:
 
     def _generate(self, job: Job, checked: CheckedJob, job_id: str, emit, cancel, images: ImageSource | None,
                   preview_every: int, customize: Callable[[GenerationContext, Any], Any] | None = None,
-                  region_only: bool = False) -> JobResult:
+                  region_only: bool = False, work_size: int | None = None) -> JobResult:
         """Steps 2-8 of :meth:`_run` for a checked generation job. ``customize(context, task_inputs)``,
         where given, returns a context manager entered after the adapters (the fix passes' soft
         inpainting and colour matching). ``region_only``: an inpaint job on a region frame gives
-        only the composited region, at ``result.offset`` (the fix passes paste it themselves)."""
+        only the composited region, at ``result.offset`` (the fix passes paste it themselves).
+        ``work_size``: the side of the tiles a tiled refine works on (the memory plan sizes for a
+        tile, not the canvas: the UNet and the VAE only ever see one tile at a time)."""
         from ctrlgen.core.engine.cancel import Cancellation
 
         # Cancelling works in every phase: between steps through the pipeline's interrupt flag,
@@ -875,7 +877,8 @@ class Engine:
             from ctrlgen.core.engine.memory import applied
 
             images_run = job.batch_size * max(1, len(context.frames))  # LayerDiffuse's layers share the batch
-            memory_plan = self.memory_plan(context.pipeline, architecture, width, height, images_run,
+            plan_w, plan_h = (min(width, work_size), min(height, work_size)) if work_size else (width, height)
+            memory_plan = self.memory_plan(context.pipeline, architecture, plan_w, plan_h, images_run,
                                            resident=str(Path(entry.path).resolve()) not in self._offloaded
                                            and self.device.device != "cpu")
             stack.enter_context(applied(context.pipeline, memory_plan, self.device.device))

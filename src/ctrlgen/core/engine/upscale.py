@@ -280,7 +280,8 @@ def _upscale(engine: Engine, job: Job, checked: Any, job_id: str, emit: Any, can
     source = _source(images, canvas, masks)
     refine_checked = engine.check(refine, source)
     result = engine._generate(refine, refine_checked, job_id, emit, cancel, source, preview_every,
-                              customize=lambda context, _inputs: _tiled(context, tile_px, overlap_px, options.blend))
+                              customize=lambda context, _inputs: _tiled(context, tile_px, overlap_px, options.blend),
+                              work_size=tile_px)
     tiles = f", Tile size: {tile_px}, Tile overlap: {overlap_px}, Tile blend: {options.blend}"
     return replace(result, job=job, images=[finish(image) for image in result.images],
                    infotexts=[_sized(text, width, height) + details + tiles for text in result.infotexts])
@@ -346,7 +347,7 @@ def _hires(engine: Engine, job: Job, checked: Any, job_id: str, emit: Any, cance
                 yield
 
         result = engine._generate(second, second_checked, job_id, emit, cancel, source, preview_every,
-                                  customize=second_pass)
+                                  customize=second_pass, work_size=hires.tile_size)
         results.extend(result.images)
     details = (f", Denoising strength: {hires.denoise:g}, Hires upscale: {width}x{height}, Hires steps: "
                f"{hires.steps or job.steps}, Hires upscaler: {hires.upscaler}")
