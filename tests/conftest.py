@@ -48,6 +48,31 @@ def pytest_configure(config):
 
 
 
+# With `pytest -n 2 --dist loadgroup` (scripts/dev test): each test file runs whole on one process
+# (its module fixtures, such as a served tiny model, are built once), and the files that drive one
+# heavy shared thing run one after the other: real Krita under Xvfb, real GIMP in its chroot, local
+# Ray clusters.
+_SERIAL_GROUPS = (
+    ("tests/krita/", "krita"),
+    ("tests/host_bridges/gimp/", "gimp"),
+    ("tests/core/engine/test_ray_runner.py", "ray"),
+    ("tests/host_bridges/server/test_workers.py", "ray"),
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    root = Path(str(config.rootpath))
+    for item in items:
+        try:
+            relative = Path(str(item.path)).relative_to(root).as_posix()
+        except ValueError:
+            relative = str(item.path)
+        group = next((name for prefix, name in _SERIAL_GROUPS if relative.startswith(prefix)), relative)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_unconfigure(config):
     """Remove the run's scratch folder (config, caches) again."""
     import shutil
