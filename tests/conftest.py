@@ -48,10 +48,10 @@ def pytest_configure(config):
 
 
 
-# With `pytest -n 2 --dist loadgroup` (scripts/dev test): each test file runs whole on one process
-# (its module fixtures, such as a served tiny model, are built once), and the files that drive one
-# heavy shared thing run one after the other: real Krita under Xvfb, real GIMP in its chroot, local
-# Ray clusters.
+# With `pytest -n 2` (scripts/dev test) each test file runs whole on one process (its module
+# fixtures, such as a served tiny model, are built once and its tests keep their order), and the
+# files that drive one heavy shared thing run one after the other on one process: real Krita under
+# Xvfb, real GIMP in its chroot, local Ray clusters.
 _SERIAL_GROUPS = (
     ("tests/krita/", "krita"),
     ("tests/host_bridges/gimp/", "gimp"),
@@ -60,17 +60,17 @@ _SERIAL_GROUPS = (
 )
 
 
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    root = Path(str(config.rootpath))
-    for item in items:
-        try:
-            relative = Path(str(item.path)).relative_to(root).as_posix()
-        except ValueError:
-            relative = str(item.path)
-        group = next((name for prefix, name in _SERIAL_GROUPS if relative.startswith(prefix)), relative)
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndSerialGroups(LoadScopeScheduling):
+        """xdist's per-scope scheduling, a scope being a test file or one of _SERIAL_GROUPS."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((name for prefix, name in _SERIAL_GROUPS if path.startswith(prefix)), path)
+
+    return FilesAndSerialGroups(config, log)
 
 
 def pytest_unconfigure(config):
