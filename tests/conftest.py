@@ -60,6 +60,24 @@ _SERIAL_GROUPS = (
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the serial groups first (Krita's is the longest): a long group started last
+    would leave the other process idle at the end. Files keep their own order."""
+    if not (config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None)):
+        return
+    root = Path(str(config.rootpath))
+
+    def rank(item) -> int:
+        try:
+            path = Path(str(item.path)).relative_to(root).as_posix()
+        except ValueError:
+            return len(_SERIAL_GROUPS)
+        return next((index for index, (prefix, _) in enumerate(_SERIAL_GROUPS) if path.startswith(prefix)),
+                    len(_SERIAL_GROUPS))
+
+    items.sort(key=rank)
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
