@@ -66,7 +66,7 @@ class Recorder:
 
                 def scores(query, key, mask=None):
                     probs = original(query, key, mask)
-                    recorder.records.append(probs.detach().clone())
+                    recorder.record(probs.detach().clone())
                     return probs
 
                 attn.get_attention_scores = scores
@@ -76,6 +76,9 @@ class Recorder:
                     del attn.get_attention_scores
 
         self.processor_class = Recording
+
+    def record(self, probs):
+        self.records.append(probs)
 
     def __enter__(self):
         from ctrlgen.adapters.regions.attention import cross_attention_layers

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from test_regions_attention import Recorder as AttentionRecorder
 
 from ctrlgen.core.engine.jobs import parse_job
 
@@ -42,46 +43,14 @@ def engine(tiny_model_root):
     return Engine(store=ModelStore([ModelRoot(tiny_model_root.root)]), device="cpu")
 
 
-class Recorder:
-    """Processors on every cross-attention layer recording (tile or None, attention weights)."""
+class Recorder(AttentionRecorder):
+    """test_regions_attention's recorder, each record also saying which tile ran (None: untiled)."""
 
-    def __init__(self, unet):
-        from diffusers.models.attention_processor import AttnProcessor
-
+    def record(self, probs):
         from ctrlgen.core.engine.tiling import current_tile
 
-        self.unet, self.records, self.saved = unet, [], {}
-        recorder = self
-
-        class Recording(AttnProcessor):
-            def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kw):
-                original = attn.get_attention_scores
-
-                def scores(query, key, mask=None):
-                    probs = original(query, key, mask)
-                    active = current_tile()
-                    recorder.records.append((None if active is None else active[0], probs.detach().clone()))
-                    return probs
-
-                attn.get_attention_scores = scores
-                try:
-                    return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kw)
-                finally:
-                    del attn.get_attention_scores
-
-        self.processor_class = Recording
-
-    def __enter__(self):
-        from ctrlgen.adapters.regions.attention import cross_attention_layers
-
-        for layer in cross_attention_layers(self.unet):
-            self.saved[layer] = layer.processor
-            layer.set_processor(self.processor_class())
-        return self
-
-    def __exit__(self, *exc):
-        for layer, processor in self.saved.items():
-            layer.set_processor(processor)
+        active = current_tile()
+        self.records.append((None if active is None else active[0], probs))
 
 
 def region_mass(probs):
